@@ -1,0 +1,1 @@
+"""Benchmarks: see ``python -m flowlib.bench --help``."""
