@@ -56,12 +56,20 @@ def expm_taylor(A: Tensor, terms: int) -> Tensor:
     return result
 
 
-def expm(A: Tensor) -> Tensor:
+def expm(A: Tensor, max_squarings: int | None = None) -> Tensor:
     """Matrix exponential of a (batch of) square matrices, differentiable.
 
     Parameters
     ----------
     A : Tensor, shape ``(..., n, n)``, float32/float64 (or complex)
+
+    max_squarings : int, optional
+        If given, never square more than this many times and never read a value
+        back from the device: no synchronisation and a fixed graph, which is what
+        layers use inside ``torch.compile``d training steps. Matrices with
+        ``||A||_1 > 2^max_squarings`` then get the weaker bound
+        ``taylor_remainder_bound(||A||_1 / 2^max_squarings, m)``; NaN input is
+        not detected. Default: as many squarings as each matrix needs.
 
     Returns
     -------
@@ -99,10 +107,14 @@ def expm(A: Tensor) -> Tensor:
         raise ValueError(f"expm expects square matrices of shape (..., n, n), got {list(A.shape)}")
     degree = expm_degree(A.dtype)
     norm = A.detach().abs().sum(dim=-2).amax(dim=-1)  # 1-norm: max column sum, shape (...)
-    if not torch.isfinite(norm).all():
-        raise ValueError("expm got a matrix with NaN or Inf entries")
     squarings = torch.clamp(torch.ceil(torch.log2(norm / _THETA)), min=0)  # s per matrix, shape (...)
-    s_max = int(squarings.max()) if squarings.numel() else 0
+    if max_squarings is None:
+        if not torch.isfinite(norm).all():
+            raise ValueError("expm got a matrix with NaN or Inf entries")
+        s_max = int(squarings.max()) if squarings.numel() else 0
+    else:
+        squarings = squarings.clamp(max=max_squarings)
+        s_max = max_squarings
     scale = torch.pow(2.0, -squarings).to(A.real.dtype if A.is_complex() else A.dtype)
     result = expm_taylor(A * scale[..., None, None], degree)
     for k in range(s_max):
