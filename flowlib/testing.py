@@ -49,11 +49,12 @@ def flow_errors(flow: nn.Module, x: Tensor) -> dict[str, float]:
     ``max |logdet - brute_force_logdet|``. ``flow`` must be in a deterministic
     mode (e.g. ``eval()`` for layers with stochastic estimates).
     """
-    y, logdet = flow(x)
+    with torch.no_grad():
+        y, logdet = flow(x)
+        x_back = flow.inverse(y)
     if logdet.shape != (x.shape[0],):
         raise AssertionError(f"logdet must have shape [{x.shape[0]}], got {list(logdet.shape)}")
-    x_back = flow.inverse(y)
-    reference = brute_force_logdet(lambda t: flow(t)[0], x)
+    reference = brute_force_logdet(lambda t: flow(t)[0], x).detach()
     return {
         "inverse": float((x_back - x).abs().max()),
         "logdet": float((logdet - reference).abs().max()),

@@ -14,4 +14,5 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "WARNING: chromium not found and not root: install it (apt-get install chromium) for the browser tests"
     fi
 fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per pytest worker: no oversubscription
 exec .venv/bin/python -m pytest -n "${FLOWLIB_TEST_WORKERS:-2}" --timeout 900 "$@"
