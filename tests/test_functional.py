@@ -1,0 +1,139 @@
+"""flowlib.functional: the convolution exponential against dense matrix exponentials."""
+
+import pytest
+import scipy.linalg
+import torch
+
+import flowlib.functional as Fn
+from flowlib.linalg import operator_norm_bound
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is faster, and robust to a loaded machine (tests run in parallel)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def kernel_with_bound(channels, size, bound, seed):
+    k = torch.randn(channels, channels, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return k * (bound / operator_norm_bound(k))
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_conv_exp_matches_dense_expm(size, channels):
+    H, W = 4, 6  # non-square
+    kernel = kernel_with_bound(channels, size, 1.5, seed=size * 10 + channels)
+    x = torch.randn(2, channels, H, W, dtype=torch.float64)
+    dense = torch.from_numpy(scipy.linalg.expm(Fn.conv_matrix(kernel, H, W).numpy()))  # [D, D]
+    expected = (x.reshape(2, -1) @ dense.T).reshape(x.shape)
+    assert (Fn.conv_exp(x, kernel, tol=1e-14) - expected).abs().max() < 1e-12
+    terms = Fn.conv_exp_terms(1.5, 1e-13)
+    assert (Fn.conv_exp(x, kernel, terms=terms) - expected).abs().max() < 1e-12
+    y = Fn.conv_exp(x, kernel, terms=terms)
+    assert (Fn.inv_conv_exp(y, kernel, terms=terms) - x).abs().max() < 1e-12
+
+
+def test_conv_matrix_columns_are_convolutions():
+    kernel = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    x = torch.randn(1, 2, 3, 5, dtype=torch.float64)
+    direct = torch.nn.functional.conv2d(x, kernel, padding=1)
+    assert torch.allclose(Fn.conv_matrix(kernel, 3, 5) @ x.reshape(-1), direct.reshape(-1))
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_logdet_is_the_trace(size):
+    kernel = kernel_with_bound(3, size, 1.0, seed=size)
+    H, W = 3, 5
+    matrix = Fn.conv_matrix(kernel, H, W)
+    logdet = Fn.conv_exp_logdet(kernel, H, W)
+    assert torch.allclose(logdet, torch.trace(matrix))
+    assert torch.allclose(logdet, torch.linalg.slogdet(torch.linalg.matrix_exp(matrix)).logabsdet)
+
+
+def count_convs(monkeypatch):
+    calls = []
+    real = torch.nn.functional.conv2d
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Fn.F, "conv2d", counting)
+    return calls
+
+
+def test_adaptive_mode_uses_fewer_terms_for_small_kernels(monkeypatch):
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    counts = {}
+    for bound in (0.01, 0.5, 3.0):
+        calls = count_convs(monkeypatch)
+        Fn.conv_exp(x, kernel_with_bound(3, 3, bound, 0), tol=1e-10)
+        counts[bound] = len(calls)
+        monkeypatch.undo()
+    assert counts[0.01] < counts[0.5] < counts[3.0], counts
+    assert counts[0.01] <= 5 and counts[3.0] <= 40, counts
+    calls = count_convs(monkeypatch)
+    Fn.conv_exp(x, kernel_with_bound(3, 3, 3.0, 0), terms=7)
+    assert len(calls) == 7  # fixed mode: exactly `terms` convolutions
+
+
+def test_adaptive_mode_raises_when_max_terms_is_too_small():
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    with pytest.raises(Fn.SeriesNotConverged, match="did not converge.*3 terms.*scale the kernel down"):
+        Fn.conv_exp(x, kernel_with_bound(2, 3, 4.0, 0), tol=1e-12, max_terms=3)
+    with pytest.raises(Fn.SeriesNotConverged, match="needs more than 5 terms"):
+        Fn.conv_exp_terms(10.0, 1e-8, max_terms=5)
+
+
+@pytest.mark.parametrize("bound, tol", [(0.1, 1e-8), (0.5, 1e-6), (0.5, 1e-12), (2.0, 1e-10), (5.0, 1e-6)])
+def test_conv_exp_terms_bound_holds(bound, tol):
+    kernel = kernel_with_bound(2, 3, bound, seed=1)
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    n = Fn.conv_exp_terms(bound, tol)
+    exact = Fn.conv_exp(x, kernel, terms=n + 30)
+    error = (Fn.conv_exp(x, kernel, terms=n) - exact).flatten(1).norm(dim=1)
+    assert (error <= tol * x.flatten(1).norm(dim=1)).all()
+    if n > 0:  # and n is the fewest terms the bound allows
+        assert Fn.conv_exp_terms(bound, tol) == n and not Fn.conv_exp_terms(bound, tol * 1e3) > n
+
+
+def test_conv_exp_bad_shapes():
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        Fn.conv_exp(torch.randn(2, 4, 4), torch.zeros(2, 2, 3, 3))
+    with pytest.raises(ValueError, match="C = 2"):
+        Fn.conv_exp(x, torch.zeros(3, 3, 3, 3))
+    with pytest.raises(ValueError, match="C = 2"):
+        Fn.conv_exp(x, torch.zeros(2, 3, 3, 3))
+    with pytest.raises(ValueError, match="odd kernel size"):
+        Fn.conv_exp(x, torch.zeros(2, 2, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "c_out, c_in, size, H, W", [(2, 2, 3, 4, 5), (3, 1, 3, 3, 3), (2, 4, 1, 4, 4), (1, 2, 5, 5, 4)]
+)
+def test_conv_spectral_norm_bound_is_a_tight_bound(c_out, c_in, size, H, W):
+    kernel = torch.randn(c_out, c_in, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
+    basis = torch.eye(c_in * H * W, dtype=torch.float64).reshape(-1, c_in, H, W)
+    dense = torch.nn.functional.conv2d(basis, kernel, padding=size // 2).reshape(basis.shape[0], -1)
+    true_norm = float(torch.linalg.matrix_norm(dense, ord=2))
+    bound = float(Fn.conv_spectral_norm_bound(kernel, H, W))
+    assert true_norm <= bound * (1 + 1e-12)
+    assert bound <= 2 * true_norm  # measured ratios 1.0-1.5 on these tiny images (close to 1 on large ones)
+    assert bound <= float(operator_norm_bound(kernel))
+    if size == 1:  # 1x1: exactly the matrix norm
+        assert abs(bound - true_norm) < 1e-10
+
+
+def test_adjacency_helpers():
+    A = torch.rand(6, 6, generator=torch.Generator().manual_seed(0))
+    assert float(torch.linalg.matrix_norm(Fn.normalize_adjacency(A), ord=2)) <= 1 + 1e-12
+    assert torch.equal(Fn.normalize_adjacency(torch.zeros(3, 3)), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="square"):
+        Fn.normalize_adjacency(torch.ones(2, 3))
+    grid = Fn.grid_adjacency(2, 3)
+    assert grid.sum(1).tolist() == [2, 3, 2, 2, 3, 2]  # node degrees of the 2 x 3 grid
