@@ -2,7 +2,9 @@
 
 Log-determinants, matrix exponentials, series and solves stay in float32 (or the
 input's dtype); only the networks that *predict* parameters of a transformation
-(coupling conditioners, Sylvester/residual hidden maps) may run in bf16. Layers wrap
+(coupling and dequantization conditioners) may run in bf16; the hidden maps of
+Sylvester and residual layers stay in full precision because their inverses are
+fixed-point iterations and their log-determinants are exact. Layers wrap
 those calls in :func:`conditioner_autocast` and cast the result back to the input's
 dtype; the trainer's ``--amp bf16`` turns it on with :func:`set_conditioner_dtype`.
 """

@@ -1,0 +1,244 @@
+"""Plain-value configuration of the multi-scale image flow, and the named presets.
+
+``ModelConfig`` holds only JSON-serialisable fields (``dataclasses.asdict`` gives a
+dict a checkpoint can store); :data:`PRESETS` gives the paper, small and tiny sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["ModelConfig", "PRESETS", "MODEL_TYPES", "COUPLINGS", "MIXINGS"]
+
+MODEL_TYPES = ("glow", "sylvester", "residual", "coupling")
+# config name -> registered layer name
+COUPLINGS = {"affine": "affine_coupling", "exp": "exp_coupling", "conf": "conf_coupling"}
+MIXINGS = ("conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodbury", "periodic", "dct", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a :class:`flowlib.models.FlowModel`; every field is a plain value.
+
+    Structure: ``dequantize -> preprocess -> n_levels x [squeeze, n_subflows steps,
+    split (all levels but the last)] -> prior``. A step is, by ``model_type``:
+
+    * ``"glow"``: actnorm -> ``mixing`` (a registered layer name, or ``"none"``: then
+      the couplings alternate which half they transform) -> ``coupling``.
+    * ``"coupling"``: the paper's coupling baseline: actnorm -> ``conv1x1`` -> ``coupling``
+      (``mixing`` is ignored; with ``net="conv"`` it is the 3x3-1x1-3x3 conditioner of
+      Hoogeboom et al.'s "Baseline Coupling Flow").
+    * ``"sylvester"``: actnorm -> convolutional Sylvester layer -> spatial flip (as in
+      the paper's model).
+    * ``"residual"``: actnorm -> residual block.
+
+    ``hidden_channels`` is the width of ``net="conv"`` conditioners, and is passed to the
+    ``sylvester`` / ``residual`` layer as its width argument (``hidden_channels`` or
+    ``hidden``) when the registered layer takes one: ``residual`` takes ``hidden``; the
+    current ``sylvester`` layer (``C -> C`` masked convolutions) has no width argument.
+
+    Conditioners (couplings, split priors, the dequantization flow) are
+    :func:`flowlib.nets.make_net` networks: ``net="conv"`` uses ``hidden_channels``;
+    ``net="densenet"`` uses ``densenet_depth``, ``densenet_growth``,
+    ``n_intermediate_channels`` and ``gated_conv``.
+
+    ``split_prior=True``: each factored-out half ``z2`` gets a learned conditional
+    Gaussian ``N(mu(z1), sigma(z1))``; ``False``: a standard normal.
+    ``dequant="uniform"``: ``x + U[0, 1)``; ``"flow"``: variational dequantization with
+    ``dequant_subflows`` conditional couplings, a ``dequant_context``-channel image
+    encoder and ``dequant_mixing`` between couplings.
+    ``preprocess="centered"``: ``v - 1/2``; ``"logit"``: ``logit(a + (1 - 2a) v)``, ``a = logit_alpha``.
+    ``learned_prior``: per-channel mean and scale of the final Gaussian (zero-initialised).
+    ``mixing_kwargs``: extra keyword arguments for the mixing layer (e.g. series terms).
+    """
+
+    model_type: str = "glow"
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    n_levels: int = 2
+    n_subflows: int = 10
+    mixing: str = "convexp"
+    coupling: str = "affine"
+    net: str = "densenet"
+    hidden_channels: int = 512
+    densenet_depth: int = 8
+    densenet_growth: int = 64
+    n_intermediate_channels: int = 64
+    gated_conv: bool = True
+    split_prior: bool = True
+    dequant: str = "flow"
+    n_bits: int = 8
+    preprocess: str = "centered"
+    logit_alpha: float = 0.05
+    learned_prior: bool = True
+    dequant_subflows: int = 4
+    dequant_context: int = 32
+    dequant_mixing: str = "conv1x1"
+    mixing_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.image_shape = tuple(int(s) for s in self.image_shape)  # JSON gives a list back
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad field and its allowed values."""
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")
+        for name in ("mixing", "dequant_mixing"):
+            if getattr(self, name) not in MIXINGS:
+                raise ValueError(f"{name} must be one of {MIXINGS}, got {getattr(self, name)!r}")
+        if self.net not in ("conv", "densenet"):
+            raise ValueError(f"net must be 'conv' or 'densenet', got {self.net!r}")
+        if self.dequant not in ("uniform", "flow"):
+            raise ValueError(f"dequant must be 'uniform' or 'flow', got {self.dequant!r}")
+        if self.preprocess not in ("centered", "logit"):
+            raise ValueError(f"preprocess must be 'centered' or 'logit', got {self.preprocess!r}")
+        if not 1 <= self.n_bits <= 8:
+            raise ValueError(f"n_bits must be in 1..8 (the data is uint8), got {self.n_bits}")
+        if not 0 < self.logit_alpha < 0.5:
+            raise ValueError(f"logit_alpha must be in (0, 0.5), got {self.logit_alpha}")
+        if self.n_levels < 1 or self.n_subflows < 1:
+            raise ValueError(f"n_levels and n_subflows must be >= 1, got {self.n_levels}, {self.n_subflows}")
+        if len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {self.image_shape}")
+        C, H, W = self.image_shape
+        factor = 2**self.n_levels
+        if H % factor or W % factor:
+            raise ValueError(
+                f"image_shape {self.image_shape}: H and W must be divisible by 2**n_levels = {factor} "
+                f"(each level squeezes 2x2); use fewer levels or pad the images."
+            )
+
+    def net_kwargs(self) -> dict:
+        """The :func:`flowlib.nets.make_net` keyword arguments of ``net``."""
+        if self.net == "conv":
+            return {"hidden": self.hidden_channels}
+        return {
+            "depth": self.densenet_depth,
+            "growth": self.densenet_growth,
+            "intermediate": self.n_intermediate_channels,
+            "gated": self.gated_conv,
+        }
+
+    def replace(self, **overrides) -> ModelConfig:
+        """A copy with ``overrides`` applied; unknown names raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; fields are {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Hoogeboom et al. 2020, mixing experiments (main_experiment.py): 2 levels x 10 subflows,
+    # densenet depth 8, n_intermediate_channels 64, gated convs, split prior, flow dequant.
+    # The official commands use growth 64 for 1x1 and 63 for convexp/emerging/woodbury (to
+    # equalise parameter counts): this preset's default mixing is convexp, so 63; pass
+    # densenet_growth=64 together with mixing="conv1x1".
+    "paper-mixing": ModelConfig(
+        model_type="glow",
+        image_shape=(3, 32, 32),
+        n_levels=2,
+        n_subflows=10,
+        mixing="convexp",
+        coupling="affine",
+        net="densenet",
+        densenet_depth=8,
+        densenet_growth=63,
+        n_intermediate_channels=64,
+        gated_conv=True,
+        split_prior=True,
+        dequant="flow",
+        dequant_subflows=4,
+        dequant_context=32,
+        dequant_mixing="convexp",
+    ),
+    # Residual-transformation experiments (experiment_sylvester_network.py): 3 levels x 16
+    # subflows, 528 internal channels; split priors / dequantizer use the script's default
+    # (ungated) densenet conditioner.
+    "paper-sylvester": ModelConfig(
+        model_type="sylvester",
+        image_shape=(3, 32, 32),
+        n_levels=3,
+        n_subflows=16,
+        hidden_channels=528,
+        net="densenet",
+        densenet_depth=8,
+        densenet_growth=64,
+        n_intermediate_channels=64,
+        gated_conv=False,
+        split_prior=True,
+        dequant="flow",
+        mixing="none",
+        dequant_mixing="conv1x1",
+    ),
+    "paper-residual": ModelConfig(
+        model_type="residual",
+        image_shape=(3, 32, 32),
+        n_levels=3,
+        n_subflows=16,
+        hidden_channels=528,
+        net="densenet",
+        densenet_depth=8,
+        densenet_growth=64,
+        n_intermediate_channels=64,
+        gated_conv=False,
+        split_prior=True,
+        dequant="flow",
+        mixing="none",
+        dequant_mixing="conv1x1",
+    ),
+    # Minutes on one GPU.
+    "small-mixing": ModelConfig(
+        model_type="glow",
+        image_shape=(3, 32, 32),
+        n_levels=2,
+        n_subflows=4,
+        mixing="convexp",
+        net="densenet",
+        densenet_depth=4,
+        densenet_growth=32,
+        n_intermediate_channels=48,
+        gated_conv=True,
+        split_prior=True,
+        dequant="flow",
+        dequant_subflows=2,
+        dequant_context=16,
+        dequant_mixing="conv1x1",
+    ),
+    "small-sylvester": ModelConfig(
+        model_type="sylvester",
+        image_shape=(3, 32, 32),
+        n_levels=3,
+        n_subflows=4,
+        hidden_channels=128,
+        net="densenet",
+        densenet_depth=4,
+        densenet_growth=32,
+        n_intermediate_channels=48,
+        gated_conv=False,
+        split_prior=True,
+        dequant="flow",
+        mixing="none",
+        dequant_subflows=2,
+        dequant_context=16,
+        dequant_mixing="conv1x1",
+    ),
+    # Seconds on a CPU: 8x8 digits.
+    "tiny": ModelConfig(
+        model_type="glow",
+        image_shape=(1, 8, 8),
+        n_levels=2,
+        n_subflows=2,
+        mixing="conv1x1",
+        net="conv",
+        hidden_channels=32,
+        split_prior=True,
+        dequant="uniform",
+        dequant_subflows=1,
+        dequant_context=8,
+        dequant_mixing="conv1x1",
+    ),
+}
