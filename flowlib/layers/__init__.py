@@ -18,6 +18,6 @@ from . import (  # noqa: F401  (importing a family registers its layers)
     sylvester,
     woodbury,
 )
-from .registry import available, make, register
+from .registry import available, get, make, register
 
-__all__ = ["available", "make", "register"]
+__all__ = ["available", "get", "make", "register"]

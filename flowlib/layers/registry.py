@@ -8,7 +8,7 @@ import torch  # noqa: F401  (used by the doctest)
 
 from ..core import Flow
 
-__all__ = ["register", "make", "available"]
+__all__ = ["register", "make", "available", "get"]
 
 _REGISTRY: dict[str, Callable[..., Flow]] = {}
 
@@ -35,6 +35,17 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get(name: str) -> Callable[..., Flow]:
+    """The class registered as ``name`` (e.g. to inspect its keyword arguments)."""
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown layer {name!r}.{hint} Available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
 def make(name: str, shape, **kwargs) -> Flow:
     """Build the layer registered as ``name`` for samples of shape ``shape``.
 
@@ -44,10 +55,4 @@ def make(name: str, shape, **kwargs) -> Flow:
     >>> logdet.shape
     torch.Size([2])
     """
-    if name not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown layer {name!r}.{hint} Available: {', '.join(available())}")
-    return _REGISTRY[name](tuple(shape), **kwargs)
+    return get(name)(tuple(shape), **kwargs)

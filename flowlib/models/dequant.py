@@ -40,7 +40,7 @@ class Preprocess(Flow):
     Cost: ``O(D)`` element-wise.
     Shapes: ``[B, C, H, W]`` in and out.
     Reference: Density estimation using Real NVP, Dinh, Sohl-Dickstein & Bengio, 2017 (logit).
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
     """
 
     def __init__(self, shape, kind: str = "centered", alpha: float = 0.05):
@@ -85,7 +85,7 @@ class ConditionalAffineCoupling(nn.Module):
     Cost: one conditioner pass on ``C_a + C_h`` channels.
     Shapes: ``s: [B, C, H, W]``, ``h: [B, C_h, H, W]``, ``logdet: [B]``.
     Reference: Flow++, Ho, Chen, Srinivas, Duan & Abbeel, 2019 (conditional dequantization flow).
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
     """
 
     def __init__(self, channels: int, context_channels: int, swap: bool, net: str, **net_kwargs):
@@ -123,7 +123,7 @@ class FlowDequantizer(nn.Module):
     Reference: Flow++: Improving Flow-Based Generative Models with Variational Dequantization
     and Architecture Design, Ho, Chen, Srinivas, Duan & Abbeel, ICML 2019; the layout (context
     encoder at half resolution, couplings on the squeezed noise) follows Hoogeboom et al. 2020.
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
 
     Arguments:
         shape: ``(C, H, W)`` of the images (``H, W`` even).

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..core import get_validation
 from ..layers import make
-from ..layers.registry import _REGISTRY
+from ..layers.registry import available, get
 from .config import COUPLINGS, PRESETS, ModelConfig
 from .dequant import FlowDequantizer, Preprocess, UniformDequantizer
 from .priors import GaussianPrior, SplitPrior
@@ -32,7 +32,7 @@ __all__ = ["FlowModel", "build_model"]
 
 def _width_kwargs(name: str, width: int) -> dict:
     """``{hidden_channels: width}`` (or ``hidden``) if the layer ``name`` takes such an argument."""
-    params = inspect.signature(_REGISTRY[name]).parameters if name in _REGISTRY else {}
+    params = inspect.signature(get(name)).parameters if name in available() else {}
     return {key: width for key in ("hidden_channels", "hidden") if key in params}
 
 
@@ -82,7 +82,7 @@ class FlowModel(nn.Module):
     Shapes: ``x: [B, C, H, W]`` uint8 (or float integers in ``[0, 2^n_bits)``) ``-> [B]``.
     Reference: Glow (Kingma & Dhariwal, 2018) for the multi-scale layout; Flow++ (Ho et al.,
     2019) for variational dequantization; Hoogeboom et al. (2020) for the paper's sizes.
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
 
     Data-dependent initialisation (actnorm) happens on the first forward in training mode.
     """

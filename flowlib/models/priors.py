@@ -42,7 +42,7 @@ class SplitPrior(nn.Module):
     Shapes: ``z: [B, C, H, W] -> z1: [B, C // 2, H, W]``, ``eps: [B, C - C // 2, H, W]``, ``log p: [B]``.
     Reference: Glow: Generative Flow with Invertible 1x1 Convolutions, Kingma & Dhariwal, 2018
     (learned prior on split); Density estimation using Real NVP, Dinh et al., 2017 (multi-scale).
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
 
     Arguments:
         shape: ``(C, H, W)`` of ``z``.
@@ -91,7 +91,7 @@ class GaussianPrior(nn.Module):
     Cost: ``O(B C H W)``.
     Shapes: ``z, eps: [B, C, H, W]``, ``log p: [B]``.
     Reference: Glow, Kingma & Dhariwal, 2018 (learned top prior).
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
     """
 
     def __init__(self, shape, learned: bool = True):

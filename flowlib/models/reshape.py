@@ -41,7 +41,7 @@ class Squeeze(Flow):
     Shapes: ``x: [B, C, H, W]`` (``H, W`` even) ``-> y: [B, 4C, H/2, W/2]``; ``out_shape``
     gives ``(4C, H/2, W/2)``.
     Reference: Density estimation using Real NVP, Dinh, Sohl-Dickstein & Bengio, 2017.
-    Taught in ``notebooks/05_cifar10_run.ipynb`` (the multi-scale model).
+    Taught in ``notebooks/05_cifar10.ipynb`` (the multi-scale model).
     """
 
     def __init__(self, shape):
@@ -75,7 +75,7 @@ class Flip(Flow):
     Shapes: ``[B, C, H, W]`` in and out.
     Reference: the Sylvester model of "The Convolution Exponential and Generalized
     Sylvester Flows", Hoogeboom, Garcia Satorras, Tomczak & Welling, 2020.
-    Taught in ``notebooks/05_cifar10_run.ipynb``.
+    Taught in ``notebooks/05_cifar10.ipynb``.
     """
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
