@@ -7,8 +7,8 @@ True
 """
 
 from . import (  # noqa: F401  (importing a family registers its layers)
-    coupling,
     convexp,
+    coupling,
     dctconv,
     elementwise,
     emerging,
