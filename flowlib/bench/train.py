@@ -33,8 +33,8 @@ __all__ = ["add_arguments", "run", "measure"]
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Flags of ``python -m flowlib.bench train|sample`` (plus every ModelConfig field)."""
-    from flowlib.models import PRESETS, ModelConfig
-    from flowlib.train import _add_field
+    from flowlib.models import PRESETS
+    from flowlib.train import _add_model_arguments
 
     parser.set_defaults(bench=name)
     parser.add_argument("--preset", default="paper-mixing", choices=sorted(PRESETS))
@@ -46,13 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep NCHW on CUDA (channels-last is the default there)")
-    parser.add_argument("--baseline", action="store_true", help="also run fp32 / no compile / NCHW and report the ratio")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run fp32 / no compile / NCHW and report the ratio")
     parser.add_argument("--temperature", type=float, default=1.0, help="sample: sampling temperature")
     parser.add_argument("--seed", type=int, default=0)
-    group = parser.add_argument_group("model (ModelConfig overrides of the preset)")
-    for f in dataclasses.fields(ModelConfig):
-        if f.name != "image_shape":
-            _add_field(group, f, None)
+    model_group = parser.add_argument_group("model (ModelConfig overrides of the preset)")
+    _add_model_arguments(model_group, skip=("image_shape",))
 
 
 def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
@@ -131,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda: no CUDA device is available (use --device cpu or auto)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          args.device if args.device != "auto" else "cpu")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

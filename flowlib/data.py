@@ -1,0 +1,471 @@
+"""Image data for flowlib: CIFAR-10 from its python batches, two embedded sets, a GPU batcher.
+
+* :func:`load_cifar10` reads the original CIFAR-10 "python version" (``data_batch_1`` ..
+  ``data_batch_5``, ``test_batch``, ``batches.meta``), checks every file's structure
+  (keys, dtype, shape, label range, counts) and names the file when something is wrong.
+  With ``download=True`` it fetches the official archive, verifies its MD5 and extracts it.
+  Individual files are *not* checksummed, so a re-ordered or re-written copy in the same
+  format loads as well as the official files do.
+* :func:`load_digits` (scikit-learn's bundled 8x8 digits) and :func:`load_synthetic`
+  (generated smooth blobs and stripes) need no download; they make CPU runs and tests possible.
+* :func:`write_cifar_batches` writes images in the exact on-disk CIFAR-10 format
+  (tests and notebook 05's test mode use it to make small CIFAR-format directories).
+* :class:`GPUBatches` keeps the whole uint8 data set on the device (CIFAR-10 train is
+  150 MB) and draws index permutations and horizontal flips there: no per-image Python work.
+
+Every loader returns ``(images, labels)``: ``images`` a uint8 tensor ``[N, C, H, W]`` with
+values 0..255, ``labels`` an int64 tensor ``[N]``. Notebook 05 trains on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DataError",
+    "CIFAR10_URL",
+    "CIFAR10_MD5",
+    "load_cifar10",
+    "download_cifar10",
+    "write_cifar_batches",
+    "load_digits",
+    "load_synthetic",
+    "load_dataset",
+    "DATASETS",
+    "GPUBatches",
+    "batches",
+]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_DIRNAME = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DATASETS = ("cifar10", "digits", "synthetic")
+_HOW_TO_GET = (
+    "pass download=True (command line: --download) to fetch the official archive "
+    f"({CIFAR10_URL}), or point root (--data-dir) to an extracted '{CIFAR10_DIRNAME}' directory"
+)
+
+
+class DataError(ValueError):
+    """A data set is missing, malformed or cannot be downloaded; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 reading and validation
+# --------------------------------------------------------------------------------------------
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler that only builds numpy arrays: a CIFAR batch needs nothing else.
+
+    Refusing every other global means a tampered file cannot run code when it is loaded.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} (a CIFAR batch holds only arrays)")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _BatchUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(f"CIFAR-10 file {path} is missing; {_HOW_TO_GET}") from None
+    except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
+        raise DataError(f"CIFAR-10 file {path} is not a readable python pickle: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"CIFAR-10 file {path} holds a {type(obj).__name__}, expected a dict")
+    # Original files give bytes keys with encoding="bytes"; files re-pickled by Python 3 give str keys.
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_meta(path: Path) -> int:
+    """Rows per batch file from ``batches.meta`` (10000 in the official files)."""
+    meta = _unpickle(path)
+    n = meta.get("num_cases_per_batch")
+    if not isinstance(n, int) or n <= 0:
+        raise DataError(f"CIFAR-10 file {path}: 'num_cases_per_batch' must be a positive int, got {n!r}")
+    if meta.get("num_vis", 3072) != 3072:
+        raise DataError(f"CIFAR-10 file {path}: 'num_vis' is {meta['num_vis']!r}, expected 3072 (3x32x32)")
+    return n
+
+
+def _read_batch(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch file and check keys, dtype, shape and labels; the error names the file."""
+    d = _unpickle(path)
+    missing = [k for k in ("data", "labels") if k not in d]
+    if missing:
+        raise DataError(
+            f"CIFAR-10 file {path} lacks key(s) {[k.encode() for k in missing]}; "
+            f"found {sorted(str(k) for k in d)}, expected b'data' and b'labels'"
+        )
+    data = d["data"]
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"CIFAR-10 file {path}: b'data' is a {type(data).__name__}, expected a numpy array")
+    if data.dtype != np.uint8:
+        raise DataError(f"CIFAR-10 file {path}: b'data' has dtype {data.dtype}, expected uint8")
+    if data.shape != (rows, 3072):
+        raise DataError(
+            f"CIFAR-10 file {path}: b'data' has shape {tuple(data.shape)}, expected ({rows}, 3072) "
+            f"({rows} rows per file as batches.meta says, 3072 = 3x32x32 values per image)"
+        )
+    try:
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"CIFAR-10 file {path}: b'labels' is not a list of integers") from None
+    if labels.shape != (rows,):
+        raise DataError(f"CIFAR-10 file {path}: b'labels' has {labels.size} entries, expected {rows}")
+    bad = (labels < 0) | (labels > 9)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"CIFAR-10 file {path}: label {labels[i]} at row {i} is outside 0..9")
+    return data, labels
+
+
+def _find_cifar_dir(root: Path) -> Path | None:
+    """``root`` itself when it holds the batches, else ``root/cifar-10-batches-py`` if that does."""
+    for d in (root, root / CIFAR10_DIRNAME):
+        if (d / META_FILE).exists() or (d / TEST_FILE).exists() or (d / TRAIN_FILES[0]).exists():
+            return d
+    return None
+
+
+def load_cifar10(root, split: str = "train", download: bool = False) -> tuple[Tensor, Tensor]:
+    """CIFAR-10 from the python batches in ``root`` (or ``root/cifar-10-batches-py``).
+
+    Arguments:
+        root: the extracted ``cifar-10-batches-py`` directory, or its parent.
+        split: ``"train"`` (``data_batch_1..5``, 50,000 images) or ``"test"`` (``test_batch``, 10,000).
+        download: fetch and extract the official archive into ``root`` when no batches are found.
+
+    Returns:
+        ``images`` uint8 ``[N, 3, 32, 32]`` and ``labels`` int64 ``[N]``.
+
+    Each file is checked for the keys ``b'data'`` and ``b'labels'``, uint8 data of shape
+    ``(rows, 3072)``, labels in 0..9, and the row count ``num_cases_per_batch`` of
+    ``batches.meta`` (10,000 in the official files, so 50,000 train and 10,000 test images).
+    A :class:`DataError` names the first bad file and what is wrong with it.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root).expanduser()
+    found = _find_cifar_dir(root)
+    if found is None:
+        if not download:
+            what = "does not exist" if not root.exists() else "holds no CIFAR-10 batches"
+            raise DataError(f"CIFAR-10 directory {root} {what}; {_HOW_TO_GET}")
+        found = download_cifar10(root)
+    rows = _read_meta(found / META_FILE)
+    files = TRAIN_FILES if split == "train" else (TEST_FILE,)
+    parts = [_read_batch(found / name, rows) for name in files]
+    data = np.concatenate([p[0] for p in parts])  # [N, 3072], R plane then G then B, rows of 32
+    labels = np.concatenate([p[1] for p in parts])
+    images = torch.from_numpy(data).view(-1, 3, 32, 32)  # [N, 3, 32, 32]
+    return images, torch.from_numpy(labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    """Extract only regular files and directories below ``cifar-10-batches-py/``."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        for m in members:
+            parts = Path(m.name).parts
+            if m.name.startswith("/") or ".." in parts or not parts or parts[0] != CIFAR10_DIRNAME:
+                raise DataError(f"refusing to extract {archive}: unexpected path {m.name!r} in the archive")
+            if not (m.isfile() or m.isdir()):
+                raise DataError(f"refusing to extract {archive}: {m.name!r} is not a regular file")
+        tar.extractall(dest, members=members, filter="data")
+
+
+def download_cifar10(root, url: str | None = None, md5: str | None = None) -> Path:
+    """Download the official CIFAR-10 python archive into ``root``, verify its MD5, extract it.
+
+    ``url`` and ``md5`` default to :data:`CIFAR10_URL` and :data:`CIFAR10_MD5`.
+    Returns the path of the extracted ``cifar-10-batches-py`` directory. Without internet
+    (or on any network error) raises a :class:`DataError` that says what to do instead.
+    """
+    from tqdm.auto import tqdm
+
+    url, md5 = url or CIFAR10_URL, md5 or CIFAR10_MD5
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".cifar10-", suffix=".tar.gz")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urlopen(url, timeout=60) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10") as bar:
+                        while chunk := response.read(1 << 20):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            bar.update(len(chunk))
+            except (URLError, OSError) as e:
+                raise DataError(
+                    f"could not download CIFAR-10 from {url} ({e}); check the internet connection, or "
+                    f"download and extract the archive yourself and point --data-dir to its '{CIFAR10_DIRNAME}'"
+                ) from None
+        if digest.hexdigest() != md5:
+            raise DataError(
+                f"the downloaded CIFAR-10 archive has MD5 {digest.hexdigest()}, expected {md5}: "
+                "the download is corrupt or incomplete; run again, or download it yourself"
+            )
+        _safe_extract(Path(tmp), root)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return root / CIFAR10_DIRNAME
+
+
+# --------------------------------------------------------------------------------------------
+# Writing CIFAR-format batches
+# --------------------------------------------------------------------------------------------
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Protocol-2 pickler that writes ``bytes`` as Python 2 ``str`` (as the original files do).
+
+    Loading with ``encoding="bytes"`` then gives bytes keys (``b'data'``) and with
+    ``encoding="latin1"`` str keys, exactly like the official CIFAR-10 batches.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj: bytes):
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + n.to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+
+
+def _dump_py2(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    path.write_bytes(buf.getvalue())
+
+
+def write_cifar_batches(directory, images, labels) -> Path:
+    """Write images in the on-disk CIFAR-10 python format: 5 train batches, a test batch, meta.
+
+    Arguments:
+        directory: created if needed; receives ``data_batch_1..5``, ``test_batch`` and ``batches.meta``.
+        images: uint8 ``[6 * n, 3, 32, 32]`` (tensor or array); rows ``k*n .. (k+1)*n`` go to
+            ``data_batch_{k+1}`` for k = 0..4 and the last ``n`` rows to ``test_batch``.
+        labels: integers in 0..9, ``[6 * n]``.
+
+    Returns the directory; :func:`load_cifar10` reads it back (``n`` rows per file).
+    """
+    images = np.asarray(images.cpu() if isinstance(images, Tensor) else images)
+    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
+        raise ValueError(f"images must be uint8 [6*n, 3, 32, 32], got {images.dtype} {list(images.shape)}")
+    if images.shape[0] == 0 or images.shape[0] % 6 or labels.shape != (images.shape[0],):
+        raise ValueError(
+            f"need 6*n images (5 train batches + 1 test batch of n each) and as many labels, "
+            f"got {images.shape[0]} images and labels of shape {list(labels.shape)}"
+        )
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError("labels must lie in 0..9")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n = images.shape[0] // 6
+    flat = np.ascontiguousarray(images.reshape(images.shape[0], 3072))  # [6n, 3072]
+    for k, name in enumerate((*TRAIN_FILES, TEST_FILE)):
+        rows = slice(k * n, (k + 1) * n)
+        batch_label = f"{'testing' if name == TEST_FILE else 'training'} batch {min(k + 1, 5)} of 5"
+        _dump_py2(
+            {
+                b"batch_label": batch_label.encode(),
+                b"labels": [int(v) for v in labels[rows]],
+                b"data": flat[rows],
+                b"filenames": [f"image_{i:06d}.png".encode() for i in range(rows.start, rows.stop)],
+            },
+            directory / name,
+        )
+    meta = {b"num_cases_per_batch": n, b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": 3072}
+    _dump_py2(meta, directory / META_FILE)
+    return directory
+
+
+# --------------------------------------------------------------------------------------------
+# Embedded data sets
+# --------------------------------------------------------------------------------------------
+
+
+def load_digits(split: str = "train") -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 handwritten digits as uint8 ``[N, 1, 8, 8]`` images.
+
+    The 17 grey levels 0..16 are scaled by 255/16 and rounded. The 1,797 images are split
+    by a fixed permutation into 1,500 train and 297 test images.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    from sklearn.datasets import load_digits as _sk_digits
+
+    d = _sk_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
+    order = np.random.default_rng(0).permutation(len(images))
+    idx = order[:1500] if split == "train" else order[1500:]
+    return torch.from_numpy(images[idx]), torch.from_numpy(d.target[idx].astype(np.int64))
+
+
+def load_synthetic(n: int = 2000, shape=(3, 8, 8), seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Generated images with learnable structure: a coloured Gaussian blob on oriented stripes.
+
+    Image ``i`` has label ``i % 10``; the label fixes the stripe orientation and frequency and
+    the blob colour, while the blob position, stripe phase and a little pixel noise are random.
+    Deterministic for a given ``(n, shape, seed)``.
+    """
+    C, H, W = shape
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")  # [H, W]
+    angle = labels.float() * (torch.pi / 10)  # stripe orientation per class
+    freq = 0.5 + 0.25 * (labels % 3).float()  # cycles per image side
+    phase = torch.rand(n, generator=g) * 2 * torch.pi
+    proj = xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]  # [n, H, W]
+    stripes = 0.5 + 0.3 * torch.sin(2 * torch.pi * freq[:, None, None] * proj + phase[:, None, None])
+    centre = 0.25 + 0.5 * torch.rand(n, 2, generator=g)  # [n, 2]
+    d2 = (xx - centre[:, 0, None, None]) ** 2 + (yy - centre[:, 1, None, None]) ** 2
+    blob = torch.exp(-d2 / 0.05)  # [n, H, W]
+    hue = torch.arange(C).float() / max(C, 1)  # [C]
+    colour = 0.5 + 0.5 * torch.cos(2 * torch.pi * (labels.float()[:, None] / 10 + hue))  # [n, C]
+    img = 0.6 * stripes[:, None] + 0.4 * blob[:, None] * colour[:, :, None, None]  # [n, C, H, W]
+    img = img + 0.02 * torch.randn(n, C, H, W, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def load_dataset(name: str, root=None, split: str = "train", download: bool = False) -> tuple[Tensor, Tensor]:
+    """Dispatch over ``"cifar10"`` (needs ``root``), ``"digits"`` and ``"synthetic"``.
+
+    ``synthetic`` has 2,000 train images (seed 0) and 500 test images (seed 1) of shape 3x8x8.
+    """
+    if name == "cifar10":
+        if root is None:
+            raise DataError(f"the cifar10 data set needs a data directory; {_HOW_TO_GET}")
+        return load_cifar10(root, split, download=download)
+    if name == "digits":
+        return load_digits(split)
+    if name == "synthetic":
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return load_synthetic(2000, seed=0) if split == "train" else load_synthetic(500, seed=1)
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Device-resident batches
+# --------------------------------------------------------------------------------------------
+
+
+class GPUBatches:
+    """Endless random uint8 batches drawn on the device, epoch by epoch, with horizontal flips.
+
+    The whole set stays on ``device``; at the start of each epoch one ``randperm`` and one
+    Bernoulli flip mask are drawn there from a dedicated generator, and each batch is an index
+    gather plus ``torch.where(flip, x.flip(-1), x)``: no per-image Python work, no host copies.
+
+    With ``world_size > 1`` every rank draws the same permutation (same seed) and takes the
+    slice ``perm[rank::world_size]``, so the ranks see disjoint data. Incomplete final batches
+    are dropped. :meth:`state_dict` / :meth:`load_state_dict` restore the exact data order.
+
+    Arguments:
+        images: uint8 ``[N, C, H, W]``.
+        batch_size: images per batch (per rank).
+        device: where the set and the generator live (default: the images' device).
+        flip: random horizontal flips with probability 1/2.
+        seed: seed of the data-order generator.
+    """
+
+    def __init__(self, images: Tensor, batch_size: int, device=None, flip: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {list(images.shape)}")
+        self.images = images.to(device) if device is not None else images
+        self.device = self.images.device
+        self.batch_size, self.flip, self.rank, self.world_size = batch_size, flip, rank, world_size
+        self.per_rank = len(images) // world_size
+        self.steps_per_epoch = self.per_rank // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch size {batch_size} is larger than the {self.per_rank} images available per rank; "
+                "use a smaller batch size"
+            )
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.epoch, self.index = 0, 0
+        self._epoch_state = self.generator.get_state()
+        self._draw()
+
+    def _draw(self) -> None:
+        """Draw this epoch's order and flips from the generator."""
+        n = len(self.images)
+        perm = torch.randperm(n, generator=self.generator, device=self.device)
+        flips = torch.rand(n, generator=self.generator, device=self.device) < 0.5
+        self._perm = perm[self.rank :: self.world_size][: self.per_rank]
+        self._flips = flips[self.rank :: self.world_size][: self.per_rank]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Tensor:
+        if self.index == self.steps_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._epoch_state = self.generator.get_state()
+            self._draw()
+        sl = slice(self.index * self.batch_size, (self.index + 1) * self.batch_size)
+        self.index += 1
+        x = self.images[self._perm[sl]]  # [B, C, H, W] uint8
+        if self.flip:
+            x = torch.where(self._flips[sl, None, None, None], x.flip(-1), x)
+        return x
+
+    def state_dict(self) -> dict:
+        """Generator state at the start of the current epoch, the epoch and the batch index in it."""
+        return {"generator": self._epoch_state.clone(), "epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self._epoch_state = state["generator"].cpu().clone()
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._draw()
+
+
+def batches(images: Tensor, batch_size: int, device=None, flip: bool = True, seed: int = 0) -> GPUBatches:
+    """Shorthand for :class:`GPUBatches` (single process)."""
+    return GPUBatches(images, batch_size, device=device, flip=flip, seed=seed)

@@ -1,0 +1,731 @@
+"""Train a flow on images; one readable file (nanoGPT's train.py shape).
+
+A CPU run (about a minute on 2 cores; ``bash scripts/demo.sh`` runs it)::
+
+    python -m flowlib.train --preset tiny --dataset digits --steps 200 --out runs/demo
+
+The paper's mixing model on CIFAR-10 on one GPU, and on 8 GPUs with torchrun::
+
+    python -m flowlib.train --preset paper-mixing --mixing convexp --dataset cifar10 \\
+        --data-dir ../shared/data/cifar-10-batches-py --steps 200000 --amp bf16 --compile --out runs/convexp
+    torchrun --standalone --nproc_per_node 8 -m flowlib.train --preset paper-mixing ...
+
+Any field of :class:`TrainConfig` and of :class:`flowlib.models.ModelConfig` is a flag
+(``--key value`` or ``--key=value``; dashes or underscores), e.g. ``--mixing emerging``,
+``--model-type residual``, ``--dequant uniform``, ``--lr 5e-4``. ``--resume`` continues the
+run in ``--out`` exactly where ``last.pt`` left it. From Python (notebook 05)::
+
+    from flowlib.train import TrainConfig, train
+    summary = train(TrainConfig.for_preset("tiny", dataset="digits", steps=200, out="runs/nb"))
+
+Outputs in ``out``: ``config.json``, ``metrics.jsonl``, TensorBoard events in ``tb/``,
+``last.pt`` and ``best.pt`` (plain dicts, written atomically), ``samples/*.png`` at several
+temperatures, ``summary.json``.
+
+Choices worth knowing:
+
+* Schedule: Adamax(lr 1e-3, eps 1e-7) with linear warm-up over ``warmup_epochs`` and decay by
+  ``lr_decay`` per epoch, as the official code (which steps it once per epoch; here per step,
+  smoothly). Alternative: ``--optimizer adamw`` (same warm-up, cosine to 0 at ``steps``).
+* NaN/Inf guard: loss and gradient norm are checked every step (one device sync per step,
+  one small all-reduce under DDP); a bad step is never applied, ``--on-nonfinite stop`` ends
+  the run naming the step and the first non-finite parameter/gradient/layer, ``skip`` drops
+  the batch. Checkpoints refuse non-finite parameters, so ``last.pt`` stays usable.
+* Exact resume: checkpoints hold model, optimizer, scheduler, step, every rank's RNG state
+  and the data order; evaluation and sampling run under forked RNGs so they never shift it.
+* Ctrl-C or SIGTERM: finish the current step, write ``last.pt``, exit with code 130.
+* DDP: actnorm's data-dependent init runs on every rank before wrapping (it all-reduces its
+  statistics); only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import flowlib
+from flowlib import amp, data
+
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "train", "main", "ConfigError", "NonFiniteError", "lr_factor"]
+
+
+class ConfigError(ValueError):
+    """A bad setting, found before training starts; the command line turns it into a usage error."""
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN/Inf; the message names the step and, if it can, the layer."""
+
+
+# The training part of each model preset (the model part is flowlib.models.PRESETS).
+# Official code (Hoogeboom et al. 2020, main_experiment.py): Adamax(lr=1e-3, eps=1e-7),
+# batch 256, LambdaLR factor min(1, (epoch+1)/10) * 0.995**epoch stepped once per epoch;
+# gradient-norm clipping at 1 only in the Sylvester / residual experiments.
+TRAIN_PRESETS: dict[str, dict] = {
+    "paper-mixing": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, eval_every=2000, save_every=1000),
+    "paper-sylvester": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0,
+                            eval_every=2000, save_every=1000),
+    "paper-residual": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0,
+                           eval_every=2000, save_every=1000),
+    "small-mixing": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, eval_every=1000, save_every=500),
+    "small-sylvester": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, grad_clip=1.0,
+                            eval_every=1000, save_every=500),
+    "tiny": dict(batch_size=64, lr=1e-2, warmup_epochs=1.0, lr_decay=0.99, eval_every=100, save_every=100,
+                 log_every=10, n_samples=36),
+}
+
+CHOICES = {
+    "dataset": data.DATASETS,
+    "optimizer": ("adamax", "adamw"),
+    "on_nonfinite": ("stop", "skip"),
+    "device": ("auto", "cuda", "cpu"),
+    "amp": ("none", "bf16"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, as plain values (stored in ``config.json`` and every checkpoint)."""
+
+    # model
+    preset: str = "tiny"  # a name of flowlib.models.PRESETS
+    model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"mixing": "emerging"}
+    # data
+    dataset: str = "digits"  # cifar10 | digits | synthetic
+    data_dir: str | None = None  # cifar10: the extracted cifar-10-batches-py (or its parent)
+    download: bool = False  # cifar10: fetch the official archive into data_dir when missing
+    flip: bool = True  # random horizontal flips
+    # optimisation
+    steps: int = 1000  # optimizer steps in total (a resumed run continues up to this number)
+    batch_size: int = 64  # global batch, split evenly over DDP ranks
+    optimizer: str = "adamax"  # adamax: warm-up + exponential decay (official) | adamw: warm-up + cosine
+    lr: float = 1e-3
+    warmup_epochs: float = 10.0  # linear warm-up from lr/warmup_steps to lr
+    lr_decay: float = 0.995  # adamax: lr factor per epoch after warm-up, applied smoothly per step
+    adam_eps: float = 1e-7  # official Adamax eps
+    weight_decay: float = 0.0  # adamw only
+    grad_clip: float = 0.0  # max global gradient norm (0: no clipping; the norm is always logged)
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
+    max_skips: int = 20  # skip mode: stop after this many non-finite steps in a row
+    # evaluation, logging, checkpoints
+    out: str = "runs/flow"
+    resume: bool = False  # continue exactly from out/last.pt
+    overwrite: bool = False  # allow starting afresh in an out dir that holds a run
+    log_every: int = 50  # steps between metrics.jsonl lines
+    eval_every: int = 1000  # steps between test-set evaluations (and best.pt updates)
+    eval_images: int = 0  # test images per periodic evaluation (0: all); the final one uses all
+    save_every: int = 1000  # steps between last.pt writes (also written at the end and on Ctrl-C)
+    sample_every: int = 0  # steps between sample grids (0: only at the end)
+    n_samples: int = 64  # images per sample grid
+    temperatures: tuple = (0.0, 0.5, 0.7, 1.0)
+    iw_samples: int = 16  # importance samples of the final log_prob_iw (flow dequantization; paper: 1000)
+    progress: bool = True  # tqdm bar
+    # system
+    device: str = "auto"  # auto | cuda | cpu
+    amp: str = "none"  # none | bf16 (conditioner networks only; log-dets and series stay float32)
+    compile: bool = False  # torch.compile the model's loss
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume tests)
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides) -> TrainConfig:
+        """Defaults of the training part of ``preset`` (:data:`TRAIN_PRESETS`) with ``overrides``."""
+        return cls(**{"preset": preset, **TRAIN_PRESETS.get(preset, {}), **overrides})
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad field and its allowed values."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        positive = ("batch_size", "log_every", "eval_every", "save_every", "n_samples", "max_skips")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0 or self.lr <= 0 or self.warmup_epochs < 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError(
+                f"need steps >= 0, lr > 0, warmup_epochs >= 0 and 0 < lr_decay <= 1; got steps={self.steps}, "
+                f"lr={self.lr}, warmup_epochs={self.warmup_epochs}, lr_decay={self.lr_decay}"
+            )
+        if self.dataset == "cifar10" and self.data_dir is None and not self.download:
+            raise ConfigError(
+                "--dataset cifar10 needs --data-dir pointing to the extracted cifar-10-batches-py "
+                "(or --download to fetch it)"
+            )
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based).
+
+    adamax (official): ``min(1, (step+1)/warmup) * lr_decay ** epoch``; the official code steps
+    a LambdaLR once per epoch (a staircase), here ``epoch = step / steps_per_epoch`` is continuous.
+    adamw (alternative): the same linear warm-up, then a cosine from 1 to 0 at ``cfg.steps``.
+    """
+    warmup = max(1.0, cfg.warmup_epochs * steps_per_epoch)
+    ramp = min(1.0, (step + 1) / warmup)
+    if cfg.optimizer == "adamax":
+        return ramp * cfg.lr_decay ** (step / steps_per_epoch)
+    progress = min(1.0, max(0.0, (step - warmup) / max(1.0, cfg.steps - warmup)))
+    return ramp * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: checkpoints, evaluation, samples, diagnosis
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then ``os.replace``: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@torch.no_grad()
+def _evaluate(model, images, batch_size: int, device, rank: int, world: int, seed: int, iw_samples: int = 0) -> float:
+    """Mean test bpd over ``images`` (sharded over ranks); ``iw_samples > 0`` uses ``log_prob_iw``.
+
+    Runs under its own seeded RNG so evaluations neither disturb nor depend on the training RNG.
+    """
+    was_training = model.training
+    model.eval()
+    shard = images[rank::world]
+    D = math.prod(images.shape[1:])
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of bpd, count]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(shard), batch_size):
+            x = shard[i : i + batch_size].to(device)
+            if iw_samples > 0:
+                bpd = -model.log_prob_iw(x, n_samples=iw_samples) / (D * math.log(2))
+            else:
+                bpd = model(x)
+            total += torch.stack([bpd.double().sum(), torch.tensor(float(len(x)), device=device)])
+    if world > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+@torch.no_grad()
+def _save_samples(model, cfg: TrainConfig, step: int, out: Path, device, writer) -> list[str]:
+    """Sample grids at each temperature as PNG (and TensorBoard images); same noise at every call."""
+    from PIL import Image
+
+    was_training = model.training
+    model.eval()
+    paths = []
+    (out / "samples").mkdir(exist_ok=True)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for t in cfg.temperatures:
+            torch.manual_seed(cfg.seed + 1)
+            g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+            x = model.sample(cfg.n_samples, temperature=float(t), generator=g).cpu()  # [n, C, H, W] uint8
+            n, C, H, W = x.shape
+            cols = math.ceil(math.sqrt(n))
+            rows = math.ceil(n / cols)
+            grid = torch.zeros(C, rows * (H + 1) + 1, cols * (W + 1) + 1, dtype=torch.uint8)
+            for i in range(n):
+                r, c = divmod(i, cols)
+                grid[:, 1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + c * (W + 1) : 1 + c * (W + 1) + W] = x[i]
+            writer.add_image(f"samples/T{t:.2f}", grid, step)
+            scale = max(1, 256 // grid.shape[-1])  # small images (8x8) are enlarged, pixels stay sharp
+            img = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()  # [h, w, C]
+            path = out / "samples" / f"step{step:07d}_T{t:.2f}.png"
+            Image.fromarray(img[..., 0] if C == 1 else img).save(path)
+            paths.append(str(path))
+    model.train(was_training)
+    return paths
+
+
+def _first_nonfinite(model: nn.Module, x) -> str:
+    """Name the first parameter, gradient or layer output that is not finite (only called on failure)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"first non-finite parameter: {name}"
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"first non-finite gradient: {name}"
+    found = []
+
+    def hook(module, args, output):
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        if not found and any(torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all()
+                             for o in outs):
+            found.append(module)
+
+    names = {m: n for n, m in model.named_modules()}
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:  # a layer may refuse NaN input; the layer found so far is what we want
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if found:
+        m = found[0]
+        return f"first layer with non-finite output: {names[m] or 'model'} ({type(m).__name__})"
+    return "parameters and gradients are finite (the loss itself overflowed)"
+
+
+def _stop_requests():
+    """Turn the first Ctrl-C / SIGTERM into a request to stop after the current step.
+
+    Returns ``(flag, restore)``: ``flag["stop"]`` becomes True; a second Ctrl-C interrupts at once.
+    Signal handlers can only be installed from the main thread; elsewhere this does nothing.
+    """
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        return flag, lambda: None
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    for s in old:
+        signal.signal(s, handler)
+    return flag, lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def _close(bar, restore_signals, old_amp, old_det: bool, metrics, writer, own_group: bool) -> None:
+    """Release what a run holds: progress bar, signal handlers, global settings, files, process group."""
+    bar.close()
+    restore_signals()
+    amp.set_conditioner_dtype(old_amp)
+    torch.use_deterministic_algorithms(old_det)
+    if metrics is not None:
+        metrics.close()
+        writer.close()
+    if own_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# The training run
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run ``cfg`` and return a summary dict (also written to ``out/summary.json``).
+
+    The summary holds ``step``, ``train_bpd``, ``test_bpd`` (full test set), ``test_bpd_iw``
+    (flow dequantization), ``best_test_bpd``, ``images_per_s``, ``wall_s``, ``n_params``,
+    ``interrupted``, ``out``, and ``model`` (the trained :class:`flowlib.models.FlowModel`,
+    not written to disk). Raises :class:`NonFiniteError` when the loss diverges and
+    ``on_nonfinite="stop"``; :class:`ConfigError` / :class:`flowlib.data.DataError` for bad settings.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    from flowlib.models import ModelConfig, build_model
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if cfg.resume and not last_path.exists():
+        raise ConfigError(f"--resume: no checkpoint {last_path} to continue from")
+    if not cfg.resume and last_path.exists() and not cfg.overwrite:
+        raise ConfigError(f"{out} already holds a run ({last_path}); pass --resume to continue it, "
+                          "--overwrite to start afresh, or choose another --out")
+
+    # ---- devices and processes: DDP when launched by torchrun (RANK/WORLD_SIZE in the environment)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    own_group = ddp and not dist.is_initialized()
+    if ddp:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if own_group:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    master = rank == 0
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} DDP processes")
+    batch = cfg.batch_size // world  # per rank
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: ~3x faster, ample for flows
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    old_det = torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # ---- the output directory (a run there was refused above unless --resume / --overwrite)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            for name in ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+            for name in ("tb", "samples"):
+                shutil.rmtree(out / name, ignore_errors=True)
+
+    # ---- data on the device
+    if ddp and not master:
+        dist.barrier()  # rank 0 downloads (if asked) before the others read
+    train_x, _ = data.load_dataset(cfg.dataset, cfg.data_dir, "train", download=cfg.download)
+    test_x, _ = data.load_dataset(cfg.dataset, cfg.data_dir, "test")
+    if ddp and master:
+        dist.barrier()
+    test_x = test_x.to(device)
+    batches = data.GPUBatches(train_x, batch, device=device, flip=cfg.flip, seed=cfg.seed, rank=rank, world_size=world)
+    spe = batches.steps_per_epoch
+
+    # ---- the model (architecture forced from the checkpoint on resume)
+    ckpt = torch.load(last_path, map_location="cpu", weights_only=True) if cfg.resume else None
+    torch.manual_seed(cfg.seed)
+    try:
+        if ckpt is not None:
+            model = build_model(ModelConfig(**ckpt["model_config"]))
+        else:
+            overrides = dict(cfg.model)
+            shape = tuple(train_x.shape[1:])
+            if tuple(overrides.get("image_shape", shape)) != shape:
+                raise ConfigError(f"image_shape {overrides['image_shape']} does not match the {cfg.dataset} "
+                                  f"images {shape}; leave image_shape out, it is taken from the data")
+            overrides["image_shape"] = shape
+            model = build_model(cfg.preset, **overrides)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"bad model configuration (preset {cfg.preset!r}, overrides {cfg.model}): {e}") from e
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # ---- data-dependent init (actnorm) on every rank BEFORE DDP; actnorm all-reduces its statistics
+    torch.manual_seed(cfg.seed + rank)  # per-rank dequantization noise
+    if ckpt is None:
+        with torch.no_grad(), flowlib.validation("shape"):
+            init_x = next(data.GPUBatches(train_x, min(len(train_x) // world, max(batch, 256)), device=device,
+                                          seed=cfg.seed + 1, rank=rank, world_size=world))
+            model.train()(init_x)
+
+    if cfg.optimizer == "adamax":
+        opt = torch.optim.Adamax(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, spe))
+    step, best = 0, math.inf
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, best = ckpt["step"], ckpt["best_test_bpd"]
+        batches.load_state_dict(ckpt["rng"]["data"])
+        states = ckpt["rng"]["ranks"]
+        if len(states) == world:
+            _set_rng_state(states[rank], device)
+        else:  # world size changed: same model and data order, fresh per-rank noise
+            torch.manual_seed(cfg.seed + 1000 * step + rank)
+
+    # ---- speed: bf16 conditioners, compile, DDP
+    fwd = torch.compile(model) if cfg.compile else model
+    net = nn.parallel.DistributedDataParallel(fwd, device_ids=[device] if device.type == "cuda" else None) \
+        if ddp else fwd
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    writer = SummaryWriter(str(out / "tb"), purge_step=step if ckpt else None) if master else None
+    if master:
+        if ckpt is not None and (out / "metrics.jsonl").exists():  # drop lines written after the checkpoint
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step and "final" not in json.loads(ln)]
+            (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in keep))
+        info = {"train": asdict(cfg), "model": asdict(model.config), "n_params": n_params, "world_size": world,
+                "device": str(device), "steps_per_epoch": spe, "torch": torch.__version__}
+        (out / "config.json").write_text(json.dumps(info, indent=2))
+        metrics = open(out / "metrics.jsonl", "a")
+
+    def checkpoint(path: Path) -> None:
+        """Collective (every rank's RNG is gathered); rank 0 writes, never non-finite parameters."""
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteError(f"step {step}: parameter {bad[0]} is not finite; not writing {path} "
+                                 f"(last good checkpoint: step {last_saved})")
+        states = [None] * world
+        if ddp:
+            dist.all_gather_object(states, _rng_state(device))
+        else:
+            states = [_rng_state(device)]
+        if master:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "step": step, "best_test_bpd": best, "config": asdict(cfg),
+                          "model_config": asdict(model.config),
+                          "rng": {"ranks": states, "data": batches.state_dict()}}, path)
+
+    def log(record: dict) -> None:
+        if master:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            for k, v in record.items():
+                if k not in ("step", "epoch", "time") and isinstance(v, float):
+                    writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train", "test")) else k, v, step)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and master), unit="step", dynamic_ncols=True)
+    stop, restore_signals = _stop_requests()
+    old_amp = amp.get_conditioner_dtype()
+    amp.set_conditioner_dtype(torch.bfloat16 if cfg.amp == "bf16" else None)
+    last_saved = ckpt["step"] if ckpt else None
+    skips, interrupted, updating = 0, False, False
+    sums, t_log, n_log, train_time = [0.0, 0.0], time.perf_counter(), 0, 0.0
+    last_train_bpd = float("nan")
+    model.train()
+    try:
+        with flowlib.validation("shape"):  # shape checks only: no device syncs in the forward pass
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                x = next(batches)
+                if device.type == "cuda" and cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                loss = net(x).mean()  # bpd of the batch
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                # The NaN/Inf guard: one small tensor, one device sync per step (and one all-reduce in DDP).
+                flags = torch.stack([loss.detach().float(), grad_norm.float(),
+                                     torch.tensor(float(stop["stop"]), device=device)])
+                if ddp:
+                    dist.all_reduce(flags)
+                    flags[:2] /= world
+                loss_v, gn_v, stop_v = flags.tolist()
+                if not (math.isfinite(loss_v) and math.isfinite(gn_v)):
+                    skips += 1
+                    where = _first_nonfinite(model, x) if master else ""
+                    msg = (f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient'} at step {step + 1} "
+                           f"(loss {loss_v}, grad norm {gn_v}); {where}")
+                    log({"step": step + 1, "event": "nonfinite", "message": msg})
+                    opt.zero_grad(set_to_none=True)
+                    if cfg.on_nonfinite == "stop" or skips > cfg.max_skips:
+                        kept = f"last good checkpoint: {last_path} (step {last_saved})" if last_saved is not None \
+                            else "no checkpoint was written before it"
+                        reason = "" if cfg.on_nonfinite == "stop" else f" ({skips} in a row, max_skips {cfg.max_skips})"
+                        raise NonFiniteError(f"{msg}{reason}; stopped, {kept}")
+                    bar.write(f"skipping batch: {msg}")
+                else:
+                    skips = 0
+                    updating = True
+                    opt.step()
+                    updating = False
+                    opt.zero_grad(set_to_none=True)
+                    sums[0] += loss_v
+                    sums[1] += gn_v
+                    n_log += 1
+                sched.step()
+                step += 1
+                train_time += time.perf_counter() - t0
+                bar.update(1)
+                log_now = step % cfg.log_every == 0 or step == cfg.steps
+                eval_now = step % cfg.eval_every == 0 or step == cfg.steps
+                if log_now or eval_now:
+                    now = time.perf_counter()
+                    record = {"step": step, "epoch": round(step / spe, 4), "time": round(now - t_start, 3)}
+                    if log_now:
+                        last_train_bpd = sums[0] / max(n_log, 1)
+                        images = cfg.batch_size * (step % cfg.log_every or cfg.log_every)
+                        record.update(train_bpd=last_train_bpd, images_per_s=images / (now - t_log),
+                                      lr=opt.param_groups[0]["lr"], grad_norm=sums[1] / max(n_log, 1))
+                        bar.set_postfix(bpd=f"{last_train_bpd:.3f}", img_s=f"{images / (now - t_log):.0f}",
+                                        refresh=False)
+                    if eval_now:
+                        sub = test_x[: cfg.eval_images] if cfg.eval_images else test_x
+                        record["test_bpd"] = _evaluate(model, sub, batch, device, rank, world, cfg.seed)
+                    log(record)
+                    if log_now:
+                        sums, t_log, n_log = [0.0, 0.0], time.perf_counter(), 0
+                    if eval_now and record["test_bpd"] < best:
+                        best = record["test_bpd"]
+                        checkpoint(best_path)
+                if step % cfg.save_every == 0 or step == cfg.steps or stop_v > 0:
+                    checkpoint(last_path)
+                    last_saved = step
+                if master and cfg.sample_every and step % cfg.sample_every == 0:
+                    _save_samples(model, cfg, step, out, device, writer)
+                if stop_v > 0:
+                    interrupted = True
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C, or one that arrived outside our handler
+        interrupted = True
+        if not updating:  # never save a half-applied optimizer step
+            checkpoint(last_path)
+            last_saved = step
+    except BaseException:
+        _close(bar, restore_signals, old_amp, old_det, metrics if master else None, writer, own_group)
+        raise
+    bar.close()
+    restore_signals()
+
+    summary = {"step": step, "epoch": round(step / spe, 4), "train_bpd": last_train_bpd, "best_test_bpd": best,
+               "n_params": n_params, "interrupted": interrupted, "out": str(out)}
+    try:
+        if not interrupted:
+            # ---- final evaluation on the full test set (and the importance-weighted bound for flow dequant)
+            with flowlib.validation("shape"):
+                summary["test_bpd"] = _evaluate(model, test_x, batch, device, rank, world, cfg.seed)
+                if model.config.dequant == "flow" and cfg.iw_samples > 0:
+                    summary["test_bpd_iw"] = _evaluate(model, test_x, max(1, batch // 4), device, rank, world,
+                                                       cfg.seed, iw_samples=cfg.iw_samples)
+            if master:
+                summary["samples"] = _save_samples(model, cfg, step, out, device, writer)
+        summary["images_per_s"] = cfg.batch_size * (step - (ckpt["step"] if ckpt else 0)) / max(train_time, 1e-9)
+        summary["wall_s"] = round(time.perf_counter() - t_start, 2)
+        if master:
+            final = {k: v for k, v in summary.items() if k != "samples"}
+            if not interrupted:
+                log({"final": True, **final})
+            (out / "summary.json").write_text(json.dumps(final, indent=2))
+            if interrupted:
+                print(f"interrupted at step {step}: saved {last_path}; continue with --resume", file=sys.stderr)
+            else:
+                iw = f" | test (iw, K={cfg.iw_samples}) {summary['test_bpd_iw']:.4f}" if cfg.iw_samples and \
+                    "test_bpd_iw" in summary else ""
+                print(f"done: step {step} | train {last_train_bpd:.4f} bpd | test {summary['test_bpd']:.4f} bpd{iw} | "
+                      f"{summary['images_per_s']:.0f} img/s | {summary['wall_s']:.1f} s | {n_params:,} params | {out}")
+    finally:
+        _close(bar, lambda: None, old_amp, old_det, metrics if master else None, writer, own_group)
+    summary["model"] = model
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _tuple_of(kind):
+    def parse(s: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in s.strip("()[] ").split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {s!r}") from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _json_dict(s: str) -> dict:
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError:
+        v = None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"terms\": 6}}', got {s!r}")
+    return v
+
+
+def _add_field(group, f: dataclasses.Field, default, choices=None) -> None:
+    dashed = f"--{f.name.replace('_', '-')}"
+    names = [dashed] if "_" not in f.name else [dashed, f"--{f.name}"]  # --data-dir and --data_dir
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kw = {"dest": f.name, "default": default, "choices": choices}
+    if kind == "bool":
+        kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+    elif kind in ("int", "float"):
+        kw["type"] = int if kind == "int" else float
+    elif kind == "tuple" or kind.startswith("tuple"):
+        kw["type"] = _tuple_of(int if "int" in kind else float)
+    elif kind == "dict":
+        kw["type"] = _json_dict
+    group.add_argument(*names, **kw, help=argparse.SUPPRESS if f.name == "model" else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flowlib.models import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m flowlib.train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Every TrainConfig and ModelConfig field is a flag; see the module docstring.")
+    g = p.add_argument_group("training (TrainConfig; preset defaults from flowlib.train.TRAIN_PRESETS)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "model":
+            _add_field(g, f, None,
+                       choices=sorted(PRESETS) if f.name == "preset" else CHOICES.get(f.name))
+    _add_model_arguments(p.add_argument_group("model (ModelConfig overrides of the preset)"))
+    return p
+
+
+def _add_model_arguments(group, skip=()) -> None:
+    """One flag per ModelConfig field (default None: keep the preset's value); also used by flowlib.bench."""
+    from flowlib.models import ModelConfig
+    from flowlib.models.config import COUPLINGS, MIXINGS, MODEL_TYPES
+
+    choices = {"model_type": MODEL_TYPES, "mixing": MIXINGS, "dequant_mixing": MIXINGS, "coupling": tuple(COUPLINGS),
+               "net": ("conv", "densenet"), "dequant": ("uniform", "flow"), "preprocess": ("centered", "logit")}
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in skip:
+            _add_field(group, f, None, choices=choices.get(f.name))
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; exit code 0 done, 1 diverged, 2 usage error, 130 interrupted."""
+    from flowlib.models import ModelConfig
+
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = {k: v for k, v in args.items() if v is not None and k not in model_fields and k != "preset"}
+    model = {k: v for k, v in args.items() if v is not None and k in model_fields}
+    last = Path(args["out"] or TrainConfig.out) / "last.pt"
+    try:
+        if args["resume"] and last.exists():  # continue with the saved settings; flags given now override them
+            saved = torch.load(last, map_location="cpu", weights_only=True)["config"]
+            cfg = TrainConfig(**{**saved, **overrides})
+        else:
+            cfg = TrainConfig.for_preset(args["preset"] or "tiny", **overrides, model=model)
+        summary = train(cfg)
+    except (ConfigError, data.DataError) as e:
+        parser.error(str(e))
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 130 if summary["interrupted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

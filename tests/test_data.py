@@ -1,0 +1,223 @@
+"""flowlib.data: CIFAR-format reading and validation, download errors, embedded sets, the device batcher."""
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+
+from flowlib import data
+from flowlib.data import DataError
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return images, torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    x, y = _images(24)
+    data.write_cifar_batches(tmp_path / "cifar-10-batches-py", x, y)
+    return tmp_path / "cifar-10-batches-py", x, y
+
+
+def test_roundtrip_train_and_test(cifar_dir):
+    d, x, y = cifar_dir
+    xtr, ytr = data.load_cifar10(d, "train")
+    assert xtr.dtype == torch.uint8 and xtr.shape == (20, 3, 32, 32) and ytr.dtype == torch.int64
+    assert torch.equal(xtr, x[:20]) and torch.equal(ytr, y[:20])
+    xte, yte = data.load_cifar10(d.parent, "test")  # the parent directory works too
+    assert torch.equal(xte, x[20:]) and torch.equal(yte, y[20:])
+
+
+def test_written_files_match_original_format(cifar_dir):
+    d, x, _ = cifar_dir
+    with open(d / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert set(raw) == {b"batch_label", b"labels", b"data", b"filenames"}
+    assert raw[b"data"].dtype == np.uint8 and raw[b"data"].shape == (4, 3072) and raw[b"data"].flags.c_contiguous
+    # R plane, then G, then B, each row-major 32x32
+    assert np.array_equal(raw[b"data"][0, :1024].reshape(32, 32), x[0, 0].numpy())
+    with open(d / "batches.meta", "rb") as f:
+        assert pickle.load(f, encoding="latin1")["num_cases_per_batch"] == 4
+
+
+def _rewrite(path, **changes):
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    for k, v in changes.items():
+        if v is None:
+            del d[k.encode()]
+        else:
+            d[k.encode()] = v
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"data": None}, r"data_batch_3 lacks key.*b'data'"),
+        ({"labels": None}, r"data_batch_3 lacks key.*b'labels'"),
+        ({"data": np.zeros((4, 3072), np.float32)}, r"data_batch_3.*dtype float32, expected uint8"),
+        ({"data": np.zeros((4, 3, 32, 32), np.uint8)}, r"data_batch_3.*shape \(4, 3, 32, 32\), expected \(4, 3072\)"),
+        ({"data": np.zeros((3, 3072), np.uint8)}, r"data_batch_3.*shape \(3, 3072\), expected \(4, 3072\)"),
+        ({"labels": [0, 1, 10, 2]}, r"data_batch_3: label 10 at row 2 is outside 0\.\.9"),
+        ({"labels": [0, 1, 2]}, r"data_batch_3: b'labels' has 3 entries, expected 4"),
+    ],
+)
+def test_validation_names_the_bad_file(cifar_dir, change, message):
+    d, _, _ = cifar_dir
+    _rewrite(d / "data_batch_3", **change)
+    with pytest.raises(DataError, match=message):
+        data.load_cifar10(d, "train")
+    data.load_cifar10(d, "test")  # the other split is unaffected
+
+
+def test_missing_file_and_garbage_file(cifar_dir):
+    d, _, _ = cifar_dir
+    (d / "test_batch").unlink()
+    with pytest.raises(DataError, match=r"test_batch is missing.*download=True"):
+        data.load_cifar10(d, "test")
+    (d / "data_batch_5").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=r"data_batch_5 is not a readable python pickle"):
+        data.load_cifar10(d, "train")
+
+
+def test_pickle_with_foreign_objects_is_refused(cifar_dir):
+    d, _, _ = cifar_dir
+    with open(d / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": Path("x"), b"labels": []}, f, protocol=2)
+    with pytest.raises(DataError, match=r"data_batch_2.*unexpected object"):
+        data.load_cifar10(d, "train")
+
+
+def test_missing_directory_says_how_to_get_the_data(tmp_path):
+    with pytest.raises(DataError, match=r"does not exist.*download=True.*cifar-10-batches-py"):
+        data.load_cifar10(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"needs a data directory"):
+        data.load_dataset("cifar10", None)
+
+
+class _Response(io.BytesIO):
+    headers: dict = {}
+
+
+def _archive(tmp_path, names=("cifar-10-batches-py",)):
+    x, y = _images(12)
+    src = data.write_cifar_batches(tmp_path / "src" / "cifar-10-batches-py", x, y)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in names:
+            tar.add(src, arcname=name)
+    return buf.getvalue(), x
+
+
+def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(data, "urlopen", offline)
+    with pytest.raises(DataError, match=r"could not download CIFAR-10.*internet.*--data-dir"):
+        data.load_cifar10(tmp_path / "c", download=True)
+    assert not list((tmp_path / "c").iterdir())  # no partial files left behind
+
+
+def test_download_checksum_mismatch(tmp_path, monkeypatch):
+    payload, _ = _archive(tmp_path)
+    monkeypatch.setattr(data, "urlopen", lambda *a, **k: _Response(payload))
+    with pytest.raises(DataError, match=r"MD5 [0-9a-f]{32}, expected c58f30108f718f92721af3b95e74349a"):
+        data.load_cifar10(tmp_path / "c", download=True)
+    assert not (tmp_path / "c" / "cifar-10-batches-py").exists()
+
+
+def test_download_verifies_extracts_and_loads(tmp_path, monkeypatch):
+    payload, x = _archive(tmp_path)
+    monkeypatch.setattr(data, "urlopen", lambda *a, **k: _Response(payload))
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    xte, _ = data.load_cifar10(tmp_path / "c", "test", download=True)
+    assert torch.equal(xte, x[10:])
+
+
+def test_archive_with_path_traversal_is_refused(tmp_path, monkeypatch):
+    payload, _ = _archive(tmp_path, names=("cifar-10-batches-py/../../evil",))
+    monkeypatch.setattr(data, "urlopen", lambda *a, **k: _Response(payload))
+    with pytest.raises(DataError, match=r"unexpected path"):
+        data.download_cifar10(tmp_path / "c", md5=hashlib.md5(payload).hexdigest())
+    assert not (tmp_path / "evil").exists()
+
+
+def test_write_rejects_bad_input(tmp_path):
+    x, y = _images(7)
+    with pytest.raises(ValueError, match=r"6\*n images"):
+        data.write_cifar_batches(tmp_path, x, y)
+    with pytest.raises(ValueError, match=r"uint8 \[6\*n, 3, 32, 32\]"):
+        data.write_cifar_batches(tmp_path, x[:6].float(), y[:6])
+
+
+def test_digits_and_synthetic():
+    xtr, ytr = data.load_digits("train")
+    xte, _ = data.load_digits("test")
+    assert xtr.shape == (1500, 1, 8, 8) and xte.shape == (297, 1, 8, 8) and xtr.dtype == torch.uint8
+    assert xtr.max() == 255 and set(ytr.tolist()) == set(range(10))
+    assert torch.equal(data.load_digits("train")[0], xtr)  # deterministic split
+    s1, l1 = data.load_synthetic(50, shape=(3, 8, 8), seed=3)
+    s2, _ = data.load_synthetic(50, shape=(3, 8, 8), seed=3)
+    assert s1.shape == (50, 3, 8, 8) and s1.dtype == torch.uint8 and torch.equal(s1, s2)
+    assert not torch.equal(s1, data.load_synthetic(50, shape=(3, 8, 8), seed=4)[0])
+    # structure: neighbouring pixels are strongly correlated (smooth images, not noise)
+    f = s1.float()
+    corr = torch.corrcoef(torch.stack([f[..., :-1].flatten(), f[..., 1:].flatten()]))[0, 1]
+    assert corr > 0.7 and l1.tolist()[:10] == list(range(10))
+    assert data.load_dataset("synthetic", split="test")[0].shape == (500, 3, 8, 8)
+    with pytest.raises(DataError, match="cifar10, digits, synthetic"):
+        data.load_dataset("mnist")
+
+
+def test_gpu_batches_shapes_flips_and_epochs():
+    x = torch.arange(10 * 2 * 3, dtype=torch.uint8).view(10, 1, 2, 3)
+    b = data.GPUBatches(x, batch_size=4, seed=0)
+    assert b.steps_per_epoch == 2
+    seen, flipped = [], 0
+    for _ in range(2):
+        batch = next(b)
+        assert batch.shape == (4, 1, 2, 3) and batch.dtype == torch.uint8
+        for img in batch:
+            i = int(img.flatten().min()) // 6  # which image (flip keeps the set of values)
+            seen.append(i)
+            if torch.equal(img, x[i].flip(-1)):
+                flipped += 1
+            else:
+                assert torch.equal(img, x[i])
+    assert len(set(seen)) == 8  # no repeats within an epoch
+    assert 0 < flipped < 8
+    next(b)
+    assert b.epoch == 1 and b.index == 1
+    noflip = data.GPUBatches(x, batch_size=5, flip=False)
+    assert sorted(torch.cat([next(noflip), next(noflip)]).flatten().tolist()) == list(range(60))
+
+
+def test_gpu_batches_state_restores_order_and_ranks_are_disjoint():
+    x = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
+    a = data.GPUBatches(x, batch_size=3, seed=5)
+    for _ in range(17):
+        next(a)
+    state = a.state_dict()
+    expected = [next(a) for _ in range(20)]
+    b = data.GPUBatches(x, batch_size=3, seed=99)
+    b.load_state_dict(state)
+    assert all(torch.equal(e, next(b)) for e in expected)
+    r0 = data.GPUBatches(x, batch_size=4, seed=1, rank=0, world_size=2)
+    r1 = data.GPUBatches(x, batch_size=4, seed=1, rank=1, world_size=2)
+    s0 = set(torch.cat([next(r0) for _ in range(5)]).flatten().tolist())
+    s1 = set(torch.cat([next(r1) for _ in range(5)]).flatten().tolist())
+    assert not s0 & s1 and len(s0 | s1) == 40
+    with pytest.raises(ValueError, match="larger than the 40 images"):
+        data.GPUBatches(x, batch_size=41)
