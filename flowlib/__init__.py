@@ -8,8 +8,21 @@ Core contract (see :mod:`flowlib.core`)::
 Build any layer by name with :func:`flowlib.layers.make`.
 """
 
-from . import amp, functional, layers, linalg
+from . import amp, data, functional, layers, linalg, models, nets
 from .core import Flow, Sequential, get_validation, set_validation, validation
 
-__all__ = ["Flow", "Sequential", "amp", "functional", "layers", "linalg", "set_validation", "get_validation", "validation"]
+__all__ = [
+    "Flow",
+    "Sequential",
+    "amp",
+    "data",
+    "functional",
+    "layers",
+    "linalg",
+    "models",
+    "nets",
+    "set_validation",
+    "get_validation",
+    "validation",
+]
 __version__ = "0.1.0"
