@@ -125,3 +125,19 @@ def test_fit_lowers_the_negative_log_likelihood(use_convexp):
     assert len(losses) == 100
     first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
     assert last < first - (0.15 if use_convexp else 0.05), (first, last)  # measured drops: 0.29 and 0.09 nats
+
+
+def test_graph_actnorm_flag_is_saved_and_a_reloaded_model_does_not_reinitialise():
+    torch.manual_seed(7)
+    A = make_graph(5, 3, torch.Generator().manual_seed(0))
+    model = GraphFlow(A, features=2, blocks=1, hidden=8).double()
+    model.log_prob(3 + 2 * torch.randn(16, 5, 2, dtype=torch.float64))  # initialises on this batch
+    state = model.state_dict()
+    flags = [k for k in state if k.endswith("initialized")]
+    assert flags and all(bool(state[k]) for k in flags)
+    reloaded = GraphFlow(A, features=2, blocks=1, hidden=8).double()
+    reloaded.load_state_dict(state)
+    other = torch.randn(16, 5, 2, dtype=torch.float64)  # re-initialising on it would change the actnorm parameters
+    assert reloaded.training
+    assert torch.equal(reloaded.log_prob(other), model.log_prob(other))
+    assert all(torch.equal(v, state[k]) for k, v in reloaded.state_dict().items())

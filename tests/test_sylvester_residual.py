@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.func import functional_call
 
+from flowlib.core import validation
 from flowlib.functional import SeriesNotConverged
 from flowlib.layers.residual import ResidualFlow, series_terms
-from flowlib.layers.sylvester import ConvSylvester, autoregressive_mask
+from flowlib.layers.sylvester import ConvSylvester, autoregressive_mask, hidden_degrees
 from flowlib.testing import brute_force_logdet, flow_errors, perturb_
 
 
@@ -19,39 +21,72 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def sylvester(shape=(3, 4, 4), scale=0.3, seed=0):
+def sylvester(shape=(3, 4, 4), scale=0.3, seed=0, **kwargs):
     torch.manual_seed(seed)
-    layer = ConvSylvester(shape).double().eval()
+    layer = ConvSylvester(shape, **kwargs).double().eval()
     return perturb_(layer, scale, torch.Generator().manual_seed(seed + 1))
 
 
 # -- Sylvester --------------------------------------------------------------------------
 
 
-def test_f_is_triangular_in_raster_then_channel_order():
-    layer = sylvester((2, 3, 3))
-    u = torch.randn(1, 2, 3, 3, dtype=torch.float64)
-    kernels = layer._kernels()
-    jac = torch.autograd.functional.jacobian(lambda t: layer._f(t, kernels)[0], u)  # [1, C, H, W, 1, C, H, W]
-    jac = jac[0, :, :, :, 0].permute(1, 2, 0, 4, 5, 3).reshape(18, 18)  # index (h, w, c) on both sides
+def test_masks_combine_made_degrees_with_causal_taps():
+    assert hidden_degrees(7, 3).tolist() == [-1, 0, 1, -1, 0, 1, -1]
+    channels, units = torch.arange(2), hidden_degrees(4, 2)
+    first = autoregressive_mask(channels, units, 3, strict=False)  # [4, 2, 3, 3]
+    last = autoregressive_mask(units, channels, 3, strict=True)  # [2, 4, 3, 3]
+    assert first[:, :, 1, 1].tolist() == [[0, 0], [1, 0], [0, 0], [1, 0]]  # unit of degree m reads channels <= m
+    assert last[:, :, 1, 1].tolist() == [[1, 0, 1, 0], [1, 1, 1, 1]]  # channel c reads units of degree < c
+    for mask in (first, last):  # causal taps: rows above and left on the centre row, nothing after the centre
+        assert (mask[:, :, 0] == 1).all() and (mask[:, :, 1, 0] == 1).all()
+        assert mask[:, :, 2].sum() == 0 and mask[:, :, 1, 2].sum() == 0
+
+
+@pytest.mark.parametrize("hidden", [2, 7])
+def test_f_is_triangular_in_raster_then_channel_order(hidden):
+    C, H, W = 3, 3, 3
+    layer = sylvester((C, H, W), hidden=hidden)
+    assert layer.hidden == hidden
+    D = C * H * W
+    u = torch.randn(1, C, H, W, dtype=torch.float64)
+    weights = layer._weights()
+    jac = torch.autograd.functional.jacobian(lambda t: layer._f(t, weights)[0], u)  # [1, C, H, W, 1, C, H, W]
+    jac = jac[0, :, :, :, 0].permute(1, 2, 0, 4, 5, 3).reshape(D, D)  # index (h, w, c) on both sides
     assert torch.count_nonzero(torch.triu(jac, 1)) == 0  # lower triangular
-    diagonal = layer._f(u, kernels)[1].permute(0, 2, 3, 1).reshape(18)
+    diagonal = layer._f(u, weights)[1].permute(0, 2, 3, 1).reshape(D)
     assert torch.allclose(1 + torch.diagonal(jac), diagonal)
-    mask = autoregressive_mask(2, 3)
-    assert mask[:, :, 1, 1].tolist() == [[0, 0], [1, 0]] and mask[:, :, 2].sum() == 0 and mask[:, :, 1, 2].sum() == 0
+    assert (diagonal >= 1 - (torch.tanh(layer.a1) * torch.tanh(layer.a2)).abs().max()).all()
+    pixel = jac.reshape(H * W, C, H * W, C)
+    same_pixel = torch.stack([pixel[p, :, p] for p in range(H * W)])  # [H*W, C, C]: d f(p, c) / d u(p, c')
+    reach = same_pixel.abs().sum(0) > 0  # [C, C]: which channel reads which, within a pixel
+    assert reach[1, 0] and reach[2, 0]  # channels depend on earlier channels of their own pixel ...
+    assert reach[2, 1] == (hidden > 2)  # ... through units of degree c' (hidden=2 has degrees -1, 0 only)
+    assert pixel[4, :, :4].abs().sum() > 0  # and on earlier pixels (the centre pixel reads the 4 before it)
 
 
-@pytest.mark.parametrize("scale", [0.0, 0.3])
-def test_sylvester_logdet_exact_and_inverse(scale):
-    layer = sylvester((3, 4, 5), scale=scale)
+def test_hidden_width_default_and_parameters():
+    layer = ConvSylvester((3, 4, 4))
+    assert layer.hidden == 6  # 2 C
+    wide = ConvSylvester((3, 4, 4), hidden=10, kernel_size=3)
+    own = sum(p.numel() for n, p in wide.named_parameters() if not n.startswith("basis."))
+    assert own == 3 * 3 * 10 * 9 + 10 * 10 + 2 * 10 + 4 * 3
+    with pytest.raises(ValueError, match="hidden >= 1"):
+        ConvSylvester((3, 4, 4), hidden=0)
+
+
+@pytest.mark.parametrize("scale, hidden", [(0.0, None), (0.3, None), (0.3, 11)])
+def test_sylvester_logdet_exact_and_inverse(scale, hidden):
+    layer = sylvester((3, 4, 5), scale=scale, hidden=hidden)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     errors = flow_errors(layer, x)
     assert errors["inverse"] < 1e-9 and errors["logdet"] < 1e-9, errors
+    _, logdet = layer(x)
+    assert (logdet - brute_force_logdet(lambda t: layer(t)[0], x)).abs().max() < 1e-9
 
 
 @pytest.mark.parametrize("a", [2.0, 6.0])
 def test_sylvester_near_the_diagonal_limit(a):
-    layer = sylvester((2, 4, 4))
+    layer = sylvester((2, 4, 4), hidden=5)
     with torch.no_grad():  # d1 d2 = -tanh(a)^2 -> -1: the smallest diagonal of I + J_f approaches 0, stays > 0
         layer.a1.fill_(a)
         layer.a2.fill_(-a)
@@ -59,7 +94,7 @@ def test_sylvester_near_the_diagonal_limit(a):
     z, logdet = layer(x)
     assert torch.isfinite(logdet).all()
     assert (logdet - brute_force_logdet(lambda t: layer(t)[0], x)).abs().max() < 1e-8
-    if a == 2.0:  # min diagonal 1 - tanh(2)^2 = 0.07: the Jacobi-Newton inverse still converges (about 50 steps)
+    if a == 2.0:  # min diagonal 1 - tanh(2)^2 = 0.07: the Jacobi-Newton inverse still converges
         assert (layer.inverse(z) - x).abs().max() < 1e-8
 
 
@@ -72,8 +107,8 @@ def test_sylvester_inverse_raises_when_not_converged():
 
 
 def test_sylvester_gradcheck():
-    layer = sylvester((2, 3, 3), scale=0.2)
-    names = ["k1", "k2", "a1", "a2", "bias", "basis.kernel"]
+    layer = sylvester((2, 3, 3), scale=0.2, hidden=3)
+    names = ["k1", "b1", "k2", "b2", "k3", "b3", "a1", "a2", "basis.kernel"]
     params = {n: p.detach() for n, p in layer.named_parameters()}
 
     def fn(x, *values):
@@ -135,6 +170,30 @@ def test_residual_training_estimate_is_unbiased():
     assert abs(reference) > 0.1  # a non-trivial log-determinant
     assert abs(mean - reference) < 4 * stderr, (mean, reference, stderr)
     assert estimates.std() > 0  # it is stochastic
+
+
+def test_residual_truncation_is_drawn_on_the_cpu():
+    layer = residual()
+    with torch.device("meta"):  # a default device other than the CPU: no tensor is read back from it
+        draws = [layer.sample_terms() for _ in range(2000)]
+    assert all(isinstance(n, int) and n >= layer.n_exact for n in draws)
+    mean = sum(draws) / len(draws)  # n_exact + (1 - p) / p = 11, standard deviation sqrt(1 - p) / p = 9.5
+    assert abs(mean - 11) < 4 * 9.5 / len(draws) ** 0.5, mean
+
+
+def test_residual_training_step_compiles_with_one_eager_block():
+    torch.manual_seed(4)
+    layer = residual().float().train()
+    step = torch.compile(lambda t: sum(v.sum() for v in layer(t)), backend="eager")
+    torch._dynamo.reset()
+    counters.clear()
+    with validation("shape"), torch._dynamo.config.patch(error_on_recompile=True):  # no NaN-check breaks
+        for _ in range(4):  # new series lengths: neither a recompilation nor a new graph break
+            step(torch.randn(2, 2, 4, 4)).backward()
+    breaks = list(counters["graph_break"])
+    torch._dynamo.reset()
+    assert len(breaks) == 1 and "torch.compiler.disable" in breaks[0], breaks  # no item() / requires_grad_ break
+    assert layer.w1.grad.abs().sum() > 0
 
 
 def test_residual_training_estimate_has_a_gradient():

@@ -75,13 +75,19 @@ class ResidualFlow(Flow):
 
     * Training: unbiased Russian-roulette estimate with one Hutchinson probe per
       sample (Chen et al. 2019): ``n = n_exact + G``, ``G ~ Geometric(p)`` (``P(G >= j) =
-      (1-p)^j``), ``sum_{k<=n} (-1)^(k+1) v^T J^k v / (k P(n >= k))`` with ``v ~ N(0, I)``;
+      (1-p)^j``; :meth:`sample_terms` draws it from the CPU generator, so choosing ``n`` never
+      synchronises with the device), ``sum_{k<=n} (-1)^(k+1) v^T J^k v / (k P(n >= k))`` with ``v ~ N(0, I)``;
       ``v^T J^k`` by ``k`` vector-Jacobian products. Default ``p = 1 - c``: each weighted
       term is then ``<= D c^n_exact / k`` in size, so the estimator has finite variance;
       expected terms ``n_exact + c / (1 - c)`` (11 for ``c = 0.9``). Gradients: autograd
       through the series (``create_graph=True``): the gradient of an unbiased estimator
       for fixed ``(n, v)`` is an unbiased gradient estimate (memory ``O(n)`` graphs;
       Chen et al.'s Neumann-gradient trick would save memory at equal expectation).
+      An unbiased estimate needs an unbounded random number of vector-Jacobian products
+      (a fixed number ``N`` estimates a degree-``N`` polynomial of ``J``, which is biased),
+      so the graph changes from call to call: under ``torch.compile`` the block runs eagerly
+      (``torch.compiler.disable``; one graph break per block, no recompilation, and the
+      double backward through ``g`` that compiled graphs do not support).
     * Evaluation (deterministic): for ``D = C H W <= exact_max_dim`` (1024) the dense
       Jacobian from ``D`` batched vector-Jacobian products and ``log |det(I + J)|`` by
       LU, i.e. the series summed to all orders: no bias, cost ``O(D)`` backward passes and
@@ -147,16 +153,24 @@ class ResidualFlow(Flow):
         return self._normalized(self.w1, height, width), self._normalized(self.w2, height, width)
 
     # -- log-determinant estimators ---------------------------------------------------------
+    def sample_terms(self) -> int:
+        """Russian-roulette truncation ``n = n_exact + G``, ``G ~ Geometric(p)`` on ``{0, 1, ...}``.
+
+        Drawn from the default *CPU* generator (seeded by ``torch.manual_seed``) whatever the
+        default device is: reading it back is not a device synchronisation.
+        """
+        draw = torch.empty((), dtype=torch.float64, device="cpu").geometric_(self.roulette_p)  # trials to success
+        return self.n_exact + int(draw) - 1
+
     def _roulette(self, gx: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-        extra = int(torch.empty(()).geometric_(self.roulette_p)) - 1  # CPU sample: G >= 0, no device sync
-        n = self.n_exact + extra
+        n = self.sample_terms()
         v = torch.randn_like(x)
-        w, logdet = v, 0
+        w, logdet = v, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for k in range(1, n + 1):
             (w,) = torch.autograd.grad(gx, x, w, create_graph=create_graph, retain_graph=True)  # v^T J^k
             survival = (1 - self.roulette_p) ** max(0, k - self.n_exact)  # P(n >= k)
             logdet = logdet + (-1) ** (k + 1) / (k * survival) * (w * v).flatten(1).sum(1)
-        return logdet if n > 0 else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return logdet
 
     def _exact(self, gx: Tensor, x: Tensor, create_graph: bool) -> Tensor:
         B, D = x.shape[0], x[0].numel()
@@ -177,6 +191,10 @@ class ResidualFlow(Flow):
 
     # -- flow contract ----------------------------------------------------------------------
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._forward_eager(x)
+
+    @torch.compiler.disable(reason="residual: random series length and double backward through g stay eager")
+    def _forward_eager(self, x: Tensor) -> tuple[Tensor, Tensor]:
         grad_on = torch.is_grad_enabled()
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -35,8 +35,8 @@ class ModelConfig:
 
     ``hidden_channels`` is the width of ``net="conv"`` conditioners, and is passed to the
     ``sylvester`` / ``residual`` layer as its width argument (``hidden_channels`` or
-    ``hidden``) when the registered layer takes one: ``residual`` takes ``hidden``; the
-    current ``sylvester`` layer (``C -> C`` masked convolutions) has no width argument.
+    ``hidden``) when the registered layer takes one: both ``residual`` and ``sylvester``
+    take ``hidden`` (the 528 internal channels of the official ``paper-sylvester`` model).
 
     Conditioners (couplings, split priors, the dequantization flow) are
     :func:`flowlib.nets.make_net` networks: ``net="conv"`` uses ``hidden_channels``;
