@@ -39,6 +39,8 @@ __all__ = [
     "CIFAR10_MD5",
     "load_cifar10",
     "download_cifar10",
+    "read_cifar_meta",
+    "read_cifar_batch",
     "write_cifar_batches",
     "load_digits",
     "load_synthetic",
@@ -106,7 +108,7 @@ def _unpickle(path: Path) -> dict:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _read_meta(path: Path) -> int:
+def read_cifar_meta(path: Path) -> int:
     """Rows per batch file from ``batches.meta`` (10000 in the official files)."""
     meta = _unpickle(path)
     n = meta.get("num_cases_per_batch")
@@ -117,7 +119,7 @@ def _read_meta(path: Path) -> int:
     return n
 
 
-def _read_batch(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Read one batch file and check keys, dtype, shape and labels; the error names the file."""
     d = _unpickle(path)
     missing = [k for k in ("data", "labels") if k not in d]
@@ -182,9 +184,9 @@ def load_cifar10(root, split: str = "train", download: bool = False) -> tuple[Te
             what = "does not exist" if not root.exists() else "holds no CIFAR-10 batches"
             raise DataError(f"CIFAR-10 directory {root} {what}; {_HOW_TO_GET}")
         found = download_cifar10(root)
-    rows = _read_meta(found / META_FILE)
+    rows = read_cifar_meta(found / META_FILE)
     files = TRAIN_FILES if split == "train" else (TEST_FILE,)
-    parts = [_read_batch(found / name, rows) for name in files]
+    parts = [read_cifar_batch(found / name, rows) for name in files]
     data = np.concatenate([p[0] for p in parts])  # [N, 3072], R plane then G then B, rows of 32
     labels = np.concatenate([p[1] for p in parts])
     images = torch.from_numpy(data).view(-1, 3, 32, 32)  # [N, 3, 32, 32]
