@@ -5,7 +5,7 @@ inverse is the fixed point of ``x = y - g(x)`` (Banach). Its log-determinant has
 no closed form; it is the power series ``log det(I + J) = sum_k (-1)^(k+1) tr(J^k) / k``
 (converges for ``||J||_2 <= Lip(g) < 1``), estimated stochastically in training
 and deterministically in evaluation. The baseline that the linear flows of this
-package are compared with. Taught in ``notebooks/02_convolution_exponential.ipynb``
+package are compared with. Taught in ``notebooks/04_sylvester_flows.ipynb``
 (comparison section).
 """
 
@@ -102,7 +102,7 @@ class ResidualFlow(Flow):
 
     Reference: Behrmann, Grathwohl, Chen, Duvenaud & Jacobsen, "Invertible Residual
     Networks", ICML 2019; Chen, Behrmann, Duvenaud & Jacobsen, "Residual Flows for
-    Invertible Generative Modeling", NeurIPS 2019. Taught in notebook 02 (baseline).
+    Invertible Generative Modeling", NeurIPS 2019. Taught in notebook 04 (baseline).
 
     Arguments:
         shape: ``(C, H, W)``.

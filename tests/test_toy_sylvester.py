@@ -1,0 +1,141 @@
+"""Vector planar / Sylvester / generalized Sylvester / residual flows of ``flowlib.toy.sylvester``."""
+
+import math
+
+import pytest
+import torch
+
+from flowlib.testing import flow_errors, perturb_
+from flowlib.toy import sample
+from flowlib.toy.flows import fit_density
+from flowlib.toy.sylvester import (
+    TOY_FLOWS,
+    GeneralizedSylvester,
+    MaskedMLP,
+    Planar,
+    ResidualMLP,
+    Sylvester,
+    make_stack,
+    series_logdet,
+    solve_monotone,
+)
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("kind", sorted(TOY_FLOWS))
+@pytest.mark.parametrize("dim", [2, 5])
+def test_round_trip_and_logdet_against_brute_force(kind, dim):
+    torch.manual_seed(0)
+    flow = make_stack(kind, dim=dim, n_layers=3).double().eval()
+    x = 2 * torch.randn(6, dim, dtype=F64)
+    for _ in range(2):  # as built, then after a large random parameter change
+        errors = flow_errors(flow, x)
+        assert errors["inverse"] < 1e-9, (kind, errors)
+        assert errors["logdet"] < 1e-9, (kind, errors)
+        perturb_(flow, 0.5, torch.Generator().manual_seed(1))
+    assert all(layer.last_inverse_iterations > 0 for layer in flow)
+
+
+def test_sylvester_with_fewer_hidden_units_than_dimensions():
+    torch.manual_seed(1)
+    layer = Sylvester((4,), n_hidden=2).double()
+    Q, R, Rt = layer.matrices()
+    assert Q.shape == (4, 2) and torch.allclose(Q.T @ Q, torch.eye(2, dtype=F64), atol=1e-12)
+    assert torch.equal(R, torch.triu(R)) and torch.equal(Rt, torch.triu(Rt))
+    errors = flow_errors(layer, torch.randn(5, 4, dtype=F64))
+    assert errors["inverse"] < 1e-10 and errors["logdet"] < 1e-10
+
+
+def test_planar_keeps_w_dot_u_hat_above_minus_one():
+    layer = Planar((2,)).double()
+    with torch.no_grad():
+        layer.w.copy_(torch.tensor([1.0, 0.0]))
+        layer.u.copy_(torch.tensor([-5.0, 3.0]))  # w^T u = -5: the raw layer would not be invertible
+    c = float(layer.w @ layer.u_hat())
+    assert -1 < c < -0.95
+    errors = flow_errors(layer, torch.randn(4, 2, dtype=F64))
+    assert errors["inverse"] < 1e-9 and errors["logdet"] < 1e-9
+
+
+def test_masked_mlp_is_autoregressive():
+    torch.manual_seed(0)
+    net = MaskedMLP(4, hidden=16, n_out=3).double()
+    torch.nn.init.normal_(net.layers[2].weight)  # the last layer starts at zero: make it non-trivial
+    x = torch.randn(1, 4, dtype=F64)
+    jac = torch.autograd.functional.jacobian(net, x)[0, :, :, 0, :]  # [n_out, D_out, D_in]
+    dependence = jac.abs().sum(0) > 0  # [D_out, D_in]
+    assert not torch.triu(dependence).any(), "output i must not depend on x_j for j >= i"
+    assert torch.tril(dependence, -1)[1:].any(), "the mask must not cut every connection"
+
+
+def test_generalized_sylvester_diagonal_is_bounded_so_the_layer_never_folds():
+    torch.manual_seed(2)
+    layer = GeneralizedSylvester((3,)).double()
+    perturb_(layer, 3.0, torch.Generator().manual_seed(0))  # huge parameters: still invertible
+    x = torch.randn(8, 3, dtype=F64)
+    errors = flow_errors(layer, x)
+    assert errors["inverse"] < 1e-8 and errors["logdet"] < 1e-8
+
+
+def test_solve_monotone_counts_iterations_and_converges():
+    target = torch.linspace(-3, 3, 7, dtype=F64)
+    root, iterations = solve_monotone(lambda a: (a**3 + a, 3 * a**2 + 1), target, target - 3, target + 3)
+    assert torch.allclose(root**3 + root, target, atol=1e-12)
+    assert 1 < iterations < 60
+
+
+def test_residual_lipschitz_and_fixed_point_inverse():
+    torch.manual_seed(3)
+    layer = ResidualMLP((2,), coeff=0.9).double()
+    perturb_(layer, 1.0, torch.Generator().manual_seed(0))
+    x = torch.randn(64, 2, dtype=F64)
+    x2 = x + 1e-3 * torch.randn(64, 2, dtype=F64)
+    ratio = (layer.g(x) - layer.g(x2)).norm(dim=1) / (x - x2).norm(dim=1)
+    assert float(ratio.max()) < 0.9
+    y, _ = layer(x)
+    assert float((layer.inverse(y) - x).abs().max()) < 1e-12
+    assert layer.last_inverse_iterations < 500
+
+
+def test_series_logdet_truncated_is_biased_roulette_is_unbiased():
+    B = torch.tensor([[0.5, 0.3], [-0.2, 0.6]], dtype=F64)  # a linear g with ||B|| < 1: J = B everywhere
+    exact = float(torch.linalg.slogdet(torch.eye(2, dtype=F64) + B).logabsdet)
+    two_terms = float(torch.trace(B) - torch.trace(B @ B) / 2)  # what the truncated series estimates
+    x = torch.zeros(80000, 2, dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    truncated = series_logdet(lambda t: t @ B.T, x, n_terms=2, generator=g)
+    roulette = series_logdet(lambda t: t @ B.T, x[:20000], n_terms=2, roulette=0.5, generator=g)  # N drawn per sample
+    # 5 standard errors of the mean: the assertions hold with overwhelming probability
+    se_t = float(truncated.std()) / math.sqrt(truncated.numel())
+    se_r = float(roulette.std()) / math.sqrt(roulette.numel())
+    assert abs(float(truncated.mean()) - two_terms) < 5 * se_t
+    assert abs(two_terms - exact) > 10 * se_t, "the truncation bias must be visible at this sample size"
+    assert abs(float(roulette.mean()) - exact) < 5 * se_r
+
+
+def test_series_logdet_rejects_bad_probability():
+    layer = ResidualMLP((2,))
+    with pytest.raises(ValueError, match="roulette"):
+        series_logdet(layer.g, torch.randn(2, 2), roulette=1.5)
+
+
+def test_bad_shapes_and_names():
+    with pytest.raises(ValueError, match="shape=\\(D,\\)"):
+        Planar((2, 3))
+    with pytest.raises(ValueError, match="n_hidden"):
+        Sylvester((2,), n_hidden=3)
+    with pytest.raises(ValueError, match="unknown toy flow"):
+        make_stack("planr")
+    with pytest.raises(ValueError, match=r"Planar.*\[B, 2\]"):
+        Planar((2,))(torch.randn(3, 5))
+
+
+@pytest.mark.parametrize("kind", sorted(TOY_FLOWS))
+def test_fitting_a_toy_density_decreases_the_loss(kind):
+    torch.manual_seed(0)
+    flow = make_stack(kind, dim=2, n_layers=3)
+    g = torch.Generator().manual_seed(0)
+    losses = fit_density(flow, lambda n: sample("two_moons", n, generator=g), steps=30, lr=1e-2, batch_size=64)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.05, (kind, first, last)
