@@ -116,7 +116,7 @@ class Flow(nn.Module):
                 f"{self.label}.{where} expects a {len(self.shape) + 1}-D input of shape {expected} "
                 f"(a batch of samples), got {x.dim()}-D input of shape {list(x.shape)}"
             )
-        for axis, (want, got) in enumerate(zip(self.shape, x.shape[1:]), start=1):
+        for axis, (want, got) in enumerate(zip(self.shape, x.shape[1:], strict=True), start=1):
             if want is not None and want != got:
                 what = "channel count" if axis == 1 else f"size of axis {axis}"
                 raise ValueError(

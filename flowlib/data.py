@@ -415,8 +415,16 @@ class GPUBatches:
         seed: seed of the data-order generator.
     """
 
-    def __init__(self, images: Tensor, batch_size: int, device=None, flip: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        images: Tensor,
+        batch_size: int,
+        device=None,
+        flip: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {list(images.shape)}")
         self.images = images.to(device) if device is not None else images

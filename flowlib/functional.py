@@ -167,7 +167,6 @@ def conv_matrix(kernel: Tensor, height: int, width: int) -> Tensor:
     return columns.reshape(n, n).T
 
 
-
 def conv_spectral_norm_bound(kernel: Tensor, height: int, width: int) -> Tensor:
     """Upper bound on ``||conv||_2`` of the zero-padded same convolution on ``height x width`` images.
 

@@ -201,8 +201,9 @@ class GraphFlow(nn.Module):
         return self.flow.inverse(z)
 
 
-def fit(model: GraphFlow, data: Tensor, steps: int = 200, batch_size: int = 128, lr: float = 5e-3,
-        seed: int = 0) -> list[float]:
+def fit(
+    model: GraphFlow, data: Tensor, steps: int = 200, batch_size: int = 128, lr: float = 5e-3, seed: int = 0
+) -> list[float]:
     """Train ``model`` by maximum likelihood with Adam; return the loss per step.
 
     The loss is the negative log-likelihood in nats per node feature

@@ -149,7 +149,5 @@ def make_net(net: str, in_channels: int, out_channels: int, **kwargs) -> nn.Modu
     allowed = {"conv": {"hidden"}, "densenet": {"depth", "growth", "intermediate", "gated"}}[net]
     unknown = set(kwargs) - allowed
     if unknown:
-        raise ValueError(
-            f"conditioner net {net!r} does not take {sorted(unknown)}; its options are {sorted(allowed)}"
-        )
+        raise ValueError(f"conditioner net {net!r} does not take {sorted(unknown)}; its options are {sorted(allowed)}")
     return NETS[net](in_channels, out_channels, **kwargs)

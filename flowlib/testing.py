@@ -20,6 +20,7 @@ def brute_force_logdet(fn, x: Tensor) -> Tensor:
     tuple are ignored). Cost: ``D`` backward passes and a ``D x D`` determinant with
     ``D = prod(shape)``: only for small shapes, ideally in float64.
     """
+
     def one(sample: Tensor) -> Tensor:
         out = fn(sample.unsqueeze(0))
         out = out[0] if isinstance(out, tuple) else out

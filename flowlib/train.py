@@ -77,15 +77,26 @@ class NonFiniteError(RuntimeError):
 # gradient-norm clipping at 1 only in the Sylvester / residual experiments.
 TRAIN_PRESETS: dict[str, dict] = {
     "paper-mixing": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, eval_every=2000, save_every=1000),
-    "paper-sylvester": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0,
-                            eval_every=2000, save_every=1000),
-    "paper-residual": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0,
-                           eval_every=2000, save_every=1000),
+    "paper-sylvester": dict(
+        batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0, eval_every=2000, save_every=1000
+    ),
+    "paper-residual": dict(
+        batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0, eval_every=2000, save_every=1000
+    ),
     "small-mixing": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, eval_every=1000, save_every=500),
-    "small-sylvester": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, grad_clip=1.0,
-                            eval_every=1000, save_every=500),
-    "tiny": dict(batch_size=64, lr=1e-2, warmup_epochs=1.0, lr_decay=0.99, eval_every=100, save_every=100,
-                 log_every=10, n_samples=36),
+    "small-sylvester": dict(
+        batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, grad_clip=1.0, eval_every=1000, save_every=500
+    ),
+    "tiny": dict(
+        batch_size=64,
+        lr=1e-2,
+        warmup_epochs=1.0,
+        lr_decay=0.99,
+        eval_every=100,
+        save_every=100,
+        log_every=10,
+        n_samples=36,
+    ),
 }
 
 CHOICES = {
@@ -280,8 +291,9 @@ def _first_nonfinite(model: nn.Module, x) -> str:
 
     def hook(module, args, output):
         outs = output if isinstance(output, (tuple, list)) else (output,)
-        if not found and any(torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all()
-                             for o in outs):
+        if not found and any(
+            torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all() for o in outs
+        ):
             found.append(module)
 
     names = {m: n for n, m in model.named_modules()}
@@ -315,8 +327,12 @@ def _stop_requests():
         if flag["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["stop"] = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
+            "(Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for s in old:
         signal.signal(s, handler)
@@ -361,8 +377,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume and not last_path.exists():
         raise ConfigError(f"--resume: no checkpoint {last_path} to continue from")
     if not cfg.resume and last_path.exists() and not cfg.overwrite:
-        raise ConfigError(f"{out} already holds a run ({last_path}); pass --resume to continue it, "
-                          "--overwrite to start afresh, or choose another --out")
+        raise ConfigError(
+            f"{out} already holds a run ({last_path}); pass --resume to continue it, "
+            "--overwrite to start afresh, or choose another --out"
+        )
 
     # ---- devices and processes: DDP when launched by torchrun (RANK/WORLD_SIZE in the environment)
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -420,8 +438,10 @@ def train(cfg: TrainConfig) -> dict:
             overrides = dict(cfg.model)
             shape = tuple(train_x.shape[1:])
             if tuple(overrides.get("image_shape", shape)) != shape:
-                raise ConfigError(f"image_shape {overrides['image_shape']} does not match the {cfg.dataset} "
-                                  f"images {shape}; leave image_shape out, it is taken from the data")
+                raise ConfigError(
+                    f"image_shape {overrides['image_shape']} does not match the {cfg.dataset} "
+                    f"images {shape}; leave image_shape out, it is taken from the data"
+                )
             overrides["image_shape"] = shape
             model = build_model(cfg.preset, **overrides)
     except (ValueError, TypeError, KeyError) as e:
@@ -435,8 +455,16 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed + rank)  # per-rank dequantization noise
     if ckpt is None:
         with torch.no_grad(), flowlib.validation("shape"):
-            init_x = next(data.GPUBatches(train_x, min(len(train_x) // world, max(batch, 256)), device=device,
-                                          seed=cfg.seed + 1, rank=rank, world_size=world))
+            init_x = next(
+                data.GPUBatches(
+                    train_x,
+                    min(len(train_x) // world, max(batch, 256)),
+                    device=device,
+                    seed=cfg.seed + 1,
+                    rank=rank,
+                    world_size=world,
+                )
+            )
             model.train()(init_x)
 
     if cfg.optimizer == "adamax":
@@ -459,8 +487,9 @@ def train(cfg: TrainConfig) -> dict:
 
     # ---- speed: bf16 conditioners, compile, DDP
     fwd = torch.compile(model) if cfg.compile else model
-    net = nn.parallel.DistributedDataParallel(fwd, device_ids=[device] if device.type == "cuda" else None) \
-        if ddp else fwd
+    net = (
+        nn.parallel.DistributedDataParallel(fwd, device_ids=[device] if device.type == "cuda" else None) if ddp else fwd
+    )
     params = [p for p in model.parameters() if p.requires_grad]
 
     writer = SummaryWriter(str(out / "tb"), purge_step=step if ckpt else None) if master else None
@@ -469,8 +498,15 @@ def train(cfg: TrainConfig) -> dict:
             lines = (out / "metrics.jsonl").read_text().splitlines()
             keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step and "final" not in json.loads(ln)]
             (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in keep))
-        info = {"train": asdict(cfg), "model": asdict(model.config), "n_params": n_params, "world_size": world,
-                "device": str(device), "steps_per_epoch": spe, "torch": torch.__version__}
+        info = {
+            "train": asdict(cfg),
+            "model": asdict(model.config),
+            "n_params": n_params,
+            "world_size": world,
+            "device": str(device),
+            "steps_per_epoch": spe,
+            "torch": torch.__version__,
+        }
         (out / "config.json").write_text(json.dumps(info, indent=2))
         metrics = open(out / "metrics.jsonl", "a")
 
@@ -478,18 +514,29 @@ def train(cfg: TrainConfig) -> dict:
         """Collective (every rank's RNG is gathered); rank 0 writes, never non-finite parameters."""
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise NonFiniteError(f"step {step}: parameter {bad[0]} is not finite; not writing {path} "
-                                 f"(last good checkpoint: step {last_saved})")
+            raise NonFiniteError(
+                f"step {step}: parameter {bad[0]} is not finite; not writing {path} "
+                f"(last good checkpoint: step {last_saved})"
+            )
         states = [None] * world
         if ddp:
             dist.all_gather_object(states, _rng_state(device))
         else:
             states = [_rng_state(device)]
         if master:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "step": step, "best_test_bpd": best, "config": asdict(cfg),
-                          "model_config": asdict(model.config),
-                          "rng": {"ranks": states, "data": batches.state_dict()}}, path)
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": step,
+                    "best_test_bpd": best,
+                    "config": asdict(cfg),
+                    "model_config": asdict(model.config),
+                    "rng": {"ranks": states, "data": batches.state_dict()},
+                },
+                path,
+            )
 
     def log(record: dict) -> None:
         if master:
@@ -521,8 +568,9 @@ def train(cfg: TrainConfig) -> dict:
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                 # The NaN/Inf guard: one small tensor, one device sync per step (and one all-reduce in DDP).
-                flags = torch.stack([loss.detach().float(), grad_norm.float(),
-                                     torch.tensor(float(stop["stop"]), device=device)])
+                flags = torch.stack(
+                    [loss.detach().float(), grad_norm.float(), torch.tensor(float(stop["stop"]), device=device)]
+                )
                 if ddp:
                     dist.all_reduce(flags)
                     flags[:2] /= world
@@ -530,13 +578,18 @@ def train(cfg: TrainConfig) -> dict:
                 if not (math.isfinite(loss_v) and math.isfinite(gn_v)):
                     skips += 1
                     where = _first_nonfinite(model, x) if master else ""
-                    msg = (f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient'} at step {step + 1} "
-                           f"(loss {loss_v}, grad norm {gn_v}); {where}")
+                    msg = (
+                        f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient'} at step {step + 1} "
+                        f"(loss {loss_v}, grad norm {gn_v}); {where}"
+                    )
                     log({"step": step + 1, "event": "nonfinite", "message": msg})
                     opt.zero_grad(set_to_none=True)
                     if cfg.on_nonfinite == "stop" or skips > cfg.max_skips:
-                        kept = f"last good checkpoint: {last_path} (step {last_saved})" if last_saved is not None \
+                        kept = (
+                            f"last good checkpoint: {last_path} (step {last_saved})"
+                            if last_saved is not None
                             else "no checkpoint was written before it"
+                        )
                         reason = "" if cfg.on_nonfinite == "stop" else f" ({skips} in a row, max_skips {cfg.max_skips})"
                         raise NonFiniteError(f"{msg}{reason}; stopped, {kept}")
                     bar.write(f"skipping batch: {msg}")
@@ -561,10 +614,15 @@ def train(cfg: TrainConfig) -> dict:
                     if log_now:
                         last_train_bpd = sums[0] / max(n_log, 1)
                         images = cfg.batch_size * (step % cfg.log_every or cfg.log_every)
-                        record.update(train_bpd=last_train_bpd, images_per_s=images / (now - t_log),
-                                      lr=opt.param_groups[0]["lr"], grad_norm=sums[1] / max(n_log, 1))
-                        bar.set_postfix(bpd=f"{last_train_bpd:.3f}", img_s=f"{images / (now - t_log):.0f}",
-                                        refresh=False)
+                        record.update(
+                            train_bpd=last_train_bpd,
+                            images_per_s=images / (now - t_log),
+                            lr=opt.param_groups[0]["lr"],
+                            grad_norm=sums[1] / max(n_log, 1),
+                        )
+                        bar.set_postfix(
+                            bpd=f"{last_train_bpd:.3f}", img_s=f"{images / (now - t_log):.0f}", refresh=False
+                        )
                     if eval_now:
                         sub = test_x[: cfg.eval_images] if cfg.eval_images else test_x
                         record["test_bpd"] = _evaluate(model, sub, batch, device, rank, world, cfg.seed)
@@ -593,16 +651,24 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     restore_signals()
 
-    summary = {"step": step, "epoch": round(step / spe, 4), "train_bpd": last_train_bpd, "best_test_bpd": best,
-               "n_params": n_params, "interrupted": interrupted, "out": str(out)}
+    summary = {
+        "step": step,
+        "epoch": round(step / spe, 4),
+        "train_bpd": last_train_bpd,
+        "best_test_bpd": best,
+        "n_params": n_params,
+        "interrupted": interrupted,
+        "out": str(out),
+    }
     try:
         if not interrupted:
             # ---- final evaluation on the full test set (and the importance-weighted bound for flow dequant)
             with flowlib.validation("shape"):
                 summary["test_bpd"] = _evaluate(model, test_x, batch, device, rank, world, cfg.seed)
                 if model.config.dequant == "flow" and cfg.iw_samples > 0:
-                    summary["test_bpd_iw"] = _evaluate(model, test_x, max(1, batch // 4), device, rank, world,
-                                                       cfg.seed, iw_samples=cfg.iw_samples)
+                    summary["test_bpd_iw"] = _evaluate(
+                        model, test_x, max(1, batch // 4), device, rank, world, cfg.seed, iw_samples=cfg.iw_samples
+                    )
             if master:
                 summary["samples"] = _save_samples(model, cfg, step, out, device, writer)
         summary["images_per_s"] = cfg.batch_size * (step - (ckpt["step"] if ckpt else 0)) / max(train_time, 1e-9)
@@ -615,10 +681,15 @@ def train(cfg: TrainConfig) -> dict:
             if interrupted:
                 print(f"interrupted at step {step}: saved {last_path}; continue with --resume", file=sys.stderr)
             else:
-                iw = f" | test (iw, K={cfg.iw_samples}) {summary['test_bpd_iw']:.4f}" if cfg.iw_samples and \
-                    "test_bpd_iw" in summary else ""
-                print(f"done: step {step} | train {last_train_bpd:.4f} bpd | test {summary['test_bpd']:.4f} bpd{iw} | "
-                      f"{summary['images_per_s']:.0f} img/s | {summary['wall_s']:.1f} s | {n_params:,} params | {out}")
+                iw = (
+                    f" | test (iw, K={cfg.iw_samples}) {summary['test_bpd_iw']:.4f}"
+                    if cfg.iw_samples and "test_bpd_iw" in summary
+                    else ""
+                )
+                print(
+                    f"done: step {step} | train {last_train_bpd:.4f} bpd | test {summary['test_bpd']:.4f} bpd{iw} | "
+                    f"{summary['images_per_s']:.0f} img/s | {summary['wall_s']:.1f} s | {n_params:,} params | {out}"
+                )
     finally:
         _close(bar, lambda: None, old_amp, old_det, metrics if master else None, writer, own_group)
     summary["model"] = model
@@ -678,14 +749,16 @@ def _add_field(group, f: dataclasses.Field, default, choices=None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from flowlib.models import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m flowlib.train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Every TrainConfig and ModelConfig field is a flag; see the module docstring.")
+    p = argparse.ArgumentParser(
+        prog="python -m flowlib.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every TrainConfig and ModelConfig field is a flag; see the module docstring.",
+    )
     g = p.add_argument_group("training (TrainConfig; preset defaults from flowlib.train.TRAIN_PRESETS)")
     for f in dataclasses.fields(TrainConfig):
         if f.name != "model":
-            _add_field(g, f, None,
-                       choices=sorted(PRESETS) if f.name == "preset" else CHOICES.get(f.name))
+            _add_field(g, f, None, choices=sorted(PRESETS) if f.name == "preset" else CHOICES.get(f.name))
     _add_model_arguments(p.add_argument_group("model (ModelConfig overrides of the preset)"))
     return p
 
@@ -695,8 +768,15 @@ def _add_model_arguments(group, skip=()) -> None:
     from flowlib.models import ModelConfig
     from flowlib.models.config import COUPLINGS, MIXINGS, MODEL_TYPES
 
-    choices = {"model_type": MODEL_TYPES, "mixing": MIXINGS, "dequant_mixing": MIXINGS, "coupling": tuple(COUPLINGS),
-               "net": ("conv", "densenet"), "dequant": ("uniform", "flow"), "preprocess": ("centered", "logit")}
+    choices = {
+        "model_type": MODEL_TYPES,
+        "mixing": MIXINGS,
+        "dequant_mixing": MIXINGS,
+        "coupling": tuple(COUPLINGS),
+        "net": ("conv", "densenet"),
+        "dequant": ("uniform", "flow"),
+        "preprocess": ("centered", "logit"),
+    }
     for f in dataclasses.fields(ModelConfig):
         if f.name not in skip:
             _add_field(group, f, None, choices=choices.get(f.name))

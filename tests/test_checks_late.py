@@ -47,8 +47,9 @@ def sylvester_logdet(R, Rt, pre):
 def planar_inverse(y, u_hat, w, b):
     c = w @ u_hat
     t = y @ w + b
-    a, _ = solve_monotone(lambda a: (a + c * torch.tanh(a), 1 + c * (1 - torch.tanh(a) ** 2)), t, t - c.abs(),
-                          t + c.abs())
+    a, _ = solve_monotone(
+        lambda a: (a + c * torch.tanh(a), 1 + c * (1 - torch.tanh(a) ** 2)), t, t - c.abs(), t + c.abs()
+    )
     return y - torch.tanh(a)[:, None] * u_hat
 
 
@@ -81,42 +82,91 @@ MISTAKES = [
     (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: torch.linalg.slogdet(W).logabsdet, "H*W copies"),
     (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: (H + Wd) * torch.linalg.slogdet(W).logabsdet, "H + W"),
     (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: H * Wd * torch.logdet(W), "NaN"),
-    (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: H * Wd * torch.log(torch.diagonal(W).abs()).sum(),
-     "triangular"),
-    (conv_checks.check_periodic_inverse,
-     lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) * centred_spectrum(k, *y.shape[-2:]).conj()).real,
-     "instead of inverting"),
-    (conv_checks.check_periodic_inverse,
-     lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / torch.fft.fft2(
-         torch.nn.functional.pad(k, (0, y.shape[-1] - k.shape[1], 0, y.shape[-2] - k.shape[0]))).conj()).real,
-     "not centred"),
-    (conv_checks.check_periodic_inverse,
-     lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(k, *y.shape[-2:])).real, "flipped"),
-    (conv_checks.check_periodic_inverse,
-     lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(k, *y.shape[-2:]).conj()), "complex"),
-    (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(torch.fft.rfft2(
-        torch.roll(torch.nn.functional.pad(k, (0, W - k.shape[1], 0, H - k.shape[0])), (-1, -1), (0, 1))).abs()).sum(),
-     "rfft2"),
-    (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(centred_spectrum(k, H, W).real.abs()).sum(),
-     "real part"),
+    (
+        conv_checks.check_conv1x1_logdet,
+        lambda W, H, Wd: H * Wd * torch.log(torch.diagonal(W).abs()).sum(),
+        "triangular",
+    ),
+    (
+        conv_checks.check_periodic_inverse,
+        lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) * centred_spectrum(k, *y.shape[-2:]).conj()).real,
+        "instead of inverting",
+    ),
+    (
+        conv_checks.check_periodic_inverse,
+        lambda y, k: (
+            torch.fft.ifft2(
+                torch.fft.fft2(y)
+                / torch.fft.fft2(
+                    torch.nn.functional.pad(k, (0, y.shape[-1] - k.shape[1], 0, y.shape[-2] - k.shape[0]))
+                ).conj()
+            ).real
+        ),
+        "not centred",
+    ),
+    (
+        conv_checks.check_periodic_inverse,
+        lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(k, *y.shape[-2:])).real,
+        "flipped",
+    ),
+    (
+        conv_checks.check_periodic_inverse,
+        lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(k, *y.shape[-2:]).conj()),
+        "complex",
+    ),
+    (
+        conv_checks.check_periodic_logdet,
+        lambda k, H, W: torch.log(
+            torch.fft.rfft2(
+                torch.roll(torch.nn.functional.pad(k, (0, W - k.shape[1], 0, H - k.shape[0])), (-1, -1), (0, 1))
+            ).abs()
+        ).sum(),
+        "rfft2",
+    ),
+    (
+        conv_checks.check_periodic_logdet,
+        lambda k, H, W: torch.log(centred_spectrum(k, H, W).real.abs()).sum(),
+        "real part",
+    ),
     (conv_checks.check_periodic_logdet, lambda k, H, W: H * W * torch.log(k[1, 1].abs()), "1x1"),
-    (syl_checks.check_sylvester_logdet,
-     lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt) * torch.tanh(pre)).sum(1), "derivative"),
-    (syl_checks.check_sylvester_logdet,
-     lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt)).sum().expand(pre.shape[0]), "left out"),
-    (syl_checks.check_sylvester_logdet,
-     lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * (1 - torch.tanh(pre) ** 2)).sum(1), "only R"),
-    (syl_checks.check_sylvester_logdet, lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt)
-                                                                      * (1 - torch.tanh(pre) ** 2)), "shape"),
+    (
+        syl_checks.check_sylvester_logdet,
+        lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt) * torch.tanh(pre)).sum(1),
+        "derivative",
+    ),
+    (
+        syl_checks.check_sylvester_logdet,
+        lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt)).sum().expand(pre.shape[0]),
+        "left out",
+    ),
+    (
+        syl_checks.check_sylvester_logdet,
+        lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * (1 - torch.tanh(pre) ** 2)).sum(1),
+        "only R",
+    ),
+    (
+        syl_checks.check_sylvester_logdet,
+        lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt) * (1 - torch.tanh(pre) ** 2)),
+        "shape",
+    ),
     (syl_checks.check_planar_inverse, lambda y, u, w, b: y - torch.tanh(y @ w + b)[:, None] * u, "fixed-point step"),
     (syl_checks.check_planar_inverse, lambda y, u, w, b: y + torch.tanh(y @ w + b)[:, None] * u, "sign error"),
     (syl_checks.check_planar_inverse, lambda y, u, w, b: planar_inverse(y, u, w, torch.zeros_like(b)), "bias"),
-    (syl_checks.check_series_logdet, lambda J, n: sum(torch.trace(torch.linalg.matrix_power(J, k)) / k
-                                                      for k in range(1, n + 1)), "alternate"),
-    (syl_checks.check_series_logdet, lambda J, n: sum((-1) ** (k + 1) * torch.trace(torch.linalg.matrix_power(J, k))
-                                                      for k in range(1, n + 1)), "1/k"),
-    (syl_checks.check_series_logdet, lambda J, n: sum((-1) ** (k + 1) * torch.trace(J) ** k / k
-                                                      for k in range(1, n + 1)), "tr(J^k)"),
+    (
+        syl_checks.check_series_logdet,
+        lambda J, n: sum(torch.trace(torch.linalg.matrix_power(J, k)) / k for k in range(1, n + 1)),
+        "alternate",
+    ),
+    (
+        syl_checks.check_series_logdet,
+        lambda J, n: sum((-1) ** (k + 1) * torch.trace(torch.linalg.matrix_power(J, k)) for k in range(1, n + 1)),
+        "1/k",
+    ),
+    (
+        syl_checks.check_series_logdet,
+        lambda J, n: sum((-1) ** (k + 1) * torch.trace(J) ** k / k for k in range(1, n + 1)),
+        "tr(J^k)",
+    ),
     (syl_checks.check_series_logdet, lambda J, n: series_logdet(J, n - 1), "one term too few"),
     (syl_checks.check_series_logdet, lambda J, n: series_logdet(J, n) - J.shape[0], "k = 0"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / dims, "nats per dimension"),
@@ -124,8 +174,11 @@ MISTAKES = [
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / math.log(2), "number of dimensions"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / (dims * math.log10(2)), "log10"),
     (train_checks.check_bpd_from_density, lambda lv, dims: -lv / (dims * math.log(2)), "-D log 256"),
-    (train_checks.check_bpd_from_density, lambda lv, dims: -(lv + dims * math.log(256)) / (dims * math.log(2)),
-     "wrong sign"),
+    (
+        train_checks.check_bpd_from_density,
+        lambda lv, dims: -(lv + dims * math.log(256)) / (dims * math.log(2)),
+        "wrong sign",
+    ),
     (train_checks.check_bpd_from_density, lambda lv, dims: -(lv - dims * math.log(255)) / (dims * math.log(2)), "255"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log(p[x.long()]).mean(), "natural log"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x.long()]).flatten(1).sum(1).mean(), "summed"),

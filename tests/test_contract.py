@@ -23,8 +23,22 @@ def build(name, shape=SHAPE, seed=0):
 
 def test_all_required_names_registered():
     required = {
-        "actnorm", "conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodbury", "periodic", "dct",
-        "affine_coupling", "exp_coupling", "conf_coupling", "slog", "sylvester", "residual", "graph_convexp",
+        "actnorm",
+        "conv1x1",
+        "conv1x1_lu",
+        "conv1x1_exp",
+        "convexp",
+        "emerging",
+        "woodbury",
+        "periodic",
+        "dct",
+        "affine_coupling",
+        "exp_coupling",
+        "conf_coupling",
+        "slog",
+        "sylvester",
+        "residual",
+        "graph_convexp",
     }
     missing = required - set(NAMES)
     assert not missing, f"not registered: {sorted(missing)}"

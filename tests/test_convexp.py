@@ -90,10 +90,13 @@ def test_gradients_reach_the_kernel_and_mixing():
     assert layer.mixing.logs.grad is not None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"kernel_size": 2}, "odd kernel_size"),
-    ({"rho": 0.0}, "rho > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kernel_size": 2}, "odd kernel_size"),
+        ({"rho": 0.0}, "rho > 0"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ConvExp((2, 4, 4), **kwargs)

@@ -104,7 +104,7 @@ def test_gradcheck_inputs_and_parameters(name):
     x = randn(2, 4, 2, 2).requires_grad_()
 
     def forward(x, *ps):
-        return torch.func.functional_call(layer, dict(zip(names, ps)), (x,))
+        return torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (x,))
 
     assert gradcheck(forward, (x, *params), fast_mode=True)
     assert gradcheck(layer.inverse, (randn(2, 4, 2, 2, seed=3).requires_grad_(),), fast_mode=True)
@@ -169,10 +169,12 @@ def test_slog_layer_per_channel_alpha_any_shape(shape):
 def explicit_circular_conv(x, kernel):
     """One grouped ``conv2d`` with circular padding per sample."""
     pad = kernel.shape[-1] // 2
-    return torch.cat([
-        F.conv2d(F.pad(x[b : b + 1], (pad,) * 4, mode="circular"), kernel[b].unsqueeze(1), groups=x.shape[1])
-        for b in range(x.shape[0])
-    ])
+    return torch.cat(
+        [
+            F.conv2d(F.pad(x[b : b + 1], (pad,) * 4, mode="circular"), kernel[b].unsqueeze(1), groups=x.shape[1])
+            for b in range(x.shape[0])
+        ]
+    )
 
 
 @pytest.mark.parametrize("k, H, W", [(3, 4, 4), (3, 5, 6), (5, 3, 5), (1, 2, 3)])
@@ -182,7 +184,11 @@ def test_adaptive_conv_is_a_per_sample_circular_conv(k, H, W):
     kernel[..., k // 2, k // 2] += 3.0  # keep the dense matrix well conditioned
     y, logdet = adaptive_circular_conv(x, kernel)
     torch.testing.assert_close(y, explicit_circular_conv(x, kernel), rtol=1e-12, atol=1e-12)
-    reference = brute_force_logdet(lambda t: explicit_circular_conv(t, kernel[:1].expand(t.shape[0], -1, -1, -1)), x[:1])
+
+    def first_sample_conv(t):
+        return explicit_circular_conv(t, kernel[:1].expand(t.shape[0], -1, -1, -1))
+
+    reference = brute_force_logdet(first_sample_conv, x[:1])
     torch.testing.assert_close(logdet[:1], reference, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(adaptive_circular_deconv(y, kernel), x, rtol=1e-10, atol=1e-10)
 

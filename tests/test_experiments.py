@@ -20,8 +20,10 @@ SEEDS = 3
 def ci_results(tmp_path_factory):
     """All four experiments at ci scale, once, into a temporary directory."""
     root = tmp_path_factory.mktemp("experiments")
-    paths = {name: run(name, "ci", seeds=SEEDS, out=root / "results", runs=root / "runs", device="cpu", quiet=True)
-             for name in EXPERIMENTS}
+    paths = {
+        name: run(name, "ci", seeds=SEEDS, out=root / "results", runs=root / "runs", device="cpu", quiet=True)
+        for name in EXPERIMENTS
+    }
     return root, paths
 
 
@@ -99,8 +101,12 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
         run("graph", "ci", seeds=2)
     with pytest.raises(ExperimentError, match="--data-dir"):
         run("mixing", "gpu-small", out=tmp_path, runs=tmp_path, device="cpu", quiet=True)
-    for argv in (["nope", "--scale", "ci"], ["graph", "--scale", "huge"], ["graph"],
-                 ["graph", "--scale", "ci", "--seeds", "1", "--out", str(tmp_path)]):
+    for argv in (
+        ["nope", "--scale", "ci"],
+        ["graph", "--scale", "huge"],
+        ["graph"],
+        ["graph", "--scale", "ci", "--seeds", "1", "--out", str(tmp_path)],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

@@ -69,12 +69,15 @@ def test_image_shapes_use_the_grid_graph():
     assert torch.allclose(y.flatten(2).transpose(1, 2), expected)
 
 
-@pytest.mark.parametrize("adjacency, match", [
-    (torch.ones(4, 5), "square"),
-    (torch.ones(3, 3), "adjacency has 3 nodes"),
-    (torch.ones(2, 2, 2), "square"),
-    (None, "needs adjacency"),
-])
+@pytest.mark.parametrize(
+    "adjacency, match",
+    [
+        (torch.ones(4, 5), "square"),
+        (torch.ones(3, 3), "adjacency has 3 nodes"),
+        (torch.ones(2, 2, 2), "square"),
+        (None, "needs adjacency"),
+    ],
+)
 def test_bad_adjacency_raises(adjacency, match):
     with pytest.raises(ValueError, match=match):
         flowlib.layers.make("graph_convexp", shape=(4, 2), adjacency=adjacency)

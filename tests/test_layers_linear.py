@@ -126,7 +126,7 @@ def test_periodic_kernel_larger_than_image_wraps():
     expected = F.conv2d(x.repeat(1, 1, 3, 3), layer.kernel.detach())
     y, _ = layer(x)
     H, W = 2, 3
-    assert torch.allclose(y, expected[:, :, H - 2:2 * H - 2, W - 2:2 * W - 2], atol=1e-12)
+    assert torch.allclose(y, expected[:, :, H - 2 : 2 * H - 2, W - 2 : 2 * W - 2], atol=1e-12)
 
 
 def test_dct_equals_half_sample_symmetric_convolution():

@@ -58,8 +58,10 @@ def test_expm_complex():
     assert rel_error(expm(A.to(torch.complex64)).to(torch.complex128), reference) < 1e-5
     # exp(iB) = cos B + i sin B for real B
     B = matrix_with_norm(3, 1.5, 2)
-    assert torch.allclose(expm(1j * B.to(torch.complex128)),
-                          torch.from_numpy(scipy.linalg.cosm(B.numpy()) + 1j * scipy.linalg.sinm(B.numpy())))
+    assert torch.allclose(
+        expm(1j * B.to(torch.complex128)),
+        torch.from_numpy(scipy.linalg.cosm(B.numpy()) + 1j * scipy.linalg.sinm(B.numpy())),
+    )
 
 
 @pytest.mark.parametrize("norm", [0.3, 4.0])

@@ -136,7 +136,7 @@ def test_residual_branch_is_a_contraction(scale):
     for w in (w1, w2):  # each normalised convolution has ||conv||_2 <= sqrt(c), checked on the dense matrix
         basis = torch.eye(w.shape[1] * 16, dtype=torch.float64).reshape(-1, w.shape[1], 4, 4)
         matrix = torch.nn.functional.conv2d(basis, w, padding=1).reshape(basis.shape[0], -1)
-        assert float(torch.linalg.matrix_norm(matrix, ord=2)) <= layer.lipschitz ** 0.5 + 1e-12
+        assert float(torch.linalg.matrix_norm(matrix, ord=2)) <= layer.lipschitz**0.5 + 1e-12
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(layer.g, x).reshape(32, 32)
     assert float(torch.linalg.matrix_norm(jac, ord=2)) <= layer.lipschitz

@@ -22,8 +22,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _cfg(out, **kw):
-    base = dict(dataset="digits", steps=6, batch_size=32, log_every=2, eval_every=3, save_every=3, eval_images=64,
-                n_samples=4, temperatures=(0.5, 1.0), progress=False, out=str(out))
+    base = dict(
+        dataset="digits",
+        steps=6,
+        batch_size=32,
+        log_every=2,
+        eval_every=3,
+        save_every=3,
+        eval_images=64,
+        n_samples=4,
+        temperatures=(0.5, 1.0),
+        progress=False,
+        out=str(out),
+    )
     return TrainConfig.for_preset("tiny", **{**base, **kw})
 
 
@@ -90,8 +101,11 @@ def test_nan_parameter_stops_naming_step_and_layer(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adamax, "step", poisoned_step)
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteError, match=rf"non-finite loss at step 4.*first non-finite parameter: {name}"
-                                             rf".*last good checkpoint: .*last.pt \(step 2\)"):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"non-finite loss at step 4.*first non-finite parameter: {name}"
+        rf".*last good checkpoint: .*last.pt \(step 2\)",
+    ):
         train(_cfg(out, save_every=2, eval_every=100))
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
@@ -124,8 +138,8 @@ def test_nonfinite_gradient_stop_and_skip(tmp_path, monkeypatch):
 def test_lr_schedules():
     cfg = TrainConfig(optimizer="adamax", warmup_epochs=2, lr_decay=0.5)
     assert lr_factor(cfg, 0, 10) == pytest.approx(1 / 20)
-    assert lr_factor(cfg, 19, 10) == pytest.approx(0.5 ** 1.9)
-    assert lr_factor(cfg, 39, 10) == pytest.approx(0.5 ** 3.9)
+    assert lr_factor(cfg, 19, 10) == pytest.approx(0.5**1.9)
+    assert lr_factor(cfg, 39, 10) == pytest.approx(0.5**3.9)
     cos = TrainConfig(optimizer="adamw", warmup_epochs=1, steps=110)
     assert lr_factor(cos, 9, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 60, 10) == pytest.approx(0.5)
@@ -157,13 +171,36 @@ def test_cli_errors_exit_2_with_a_helpful_message(argv, message, tmp_path, capsy
 
 
 def test_cli_subprocess_ctrl_c_saves_and_resumes(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "flowlib.train", "--mixing", "nope"], capture_output=True, text=True,
-                         env=ENV, cwd=ROOT, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "flowlib.train", "--mixing", "nope"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "flowlib.train", "--preset", "tiny", "--dataset", "digits", "--steps", "100000",
-           "--log-every", "1", "--eval-every", "100000", "--save-every", "100000", "--progress=false",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flowlib.train",
+        "--preset",
+        "tiny",
+        "--dataset",
+        "digits",
+        "--steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "100000",
+        "--save-every",
+        "100000",
+        "--progress=false",
+        "--out",
+        str(out),
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     try:
         deadline = time.time() + 120
@@ -222,8 +259,14 @@ def test_ddp_gloo_two_processes(tmp_path):
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "run"
     out.mkdir()
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(out)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[:6000]
     results = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
     for res in results:

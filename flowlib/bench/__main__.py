@@ -19,12 +19,13 @@ COMMANDS = {  # name -> (module, help); a module is imported only when its comma
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowlib.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     known, _ = parser.parse_known_args(argv)
     module = importlib.import_module(COMMANDS[known.command][0])
-    command_parser = argparse.ArgumentParser(prog=f"python -m flowlib.bench {known.command}",
-                                             description=COMMANDS[known.command][1])
+    command_parser = argparse.ArgumentParser(
+        prog=f"python -m flowlib.bench {known.command}", description=COMMANDS[known.command][1]
+    )
     module.add_arguments(command_parser, known.command)
     args = command_parser.parse_args(list(argv if argv is not None else sys.argv[1:])[1:])
     args.command = known.command

@@ -43,16 +43,29 @@ BASELINE = "conv1x1"
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "layers") -> None:
-    parser.add_argument("--shape", type=int, nargs=3, default=[12, 16, 16], metavar=("C", "H", "W"),
-                        help="shape of one image (default: 12 16 16)")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[12, 16, 16],
+        metavar=("C", "H", "W"),
+        help="shape of one image (default: 12 16 16)",
+    )
     parser.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement; the median is reported")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda if available)",
+    )
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--names", nargs="+", default=None, help="layers to time (default: all registered)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 gives steadier numbers on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 gives steadier numbers on a busy machine)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print only the JSON lines, no table")
 
@@ -108,12 +121,26 @@ def _fmt(value, digits: int = 3) -> str:
 def _table(results: list[dict]) -> list[str]:
     """Aligned text rows of the measured layers, then one ``# skipped`` note per skipped layer."""
     header = ["layer", "params", "fwd ms", "inv ms", "logdet ms", "fwd/base", "inv/base", "logdet/base", "inv err"]
-    rows = [[r["layer"], _fmt(r["params"]), _fmt(r["forward_ms"]), _fmt(r["inverse_ms"]), _fmt(r["logdet_ms"]),
-             _fmt(r["forward_ratio"], 2), _fmt(r["inverse_ratio"], 2), _fmt(r["logdet_ratio"], 2),
-             f"{r['inverse_error']:.1e}"] for r in results if "skipped" not in r]
+    rows = [
+        [
+            r["layer"],
+            _fmt(r["params"]),
+            _fmt(r["forward_ms"]),
+            _fmt(r["inverse_ms"]),
+            _fmt(r["logdet_ms"]),
+            _fmt(r["forward_ratio"], 2),
+            _fmt(r["inverse_ratio"], 2),
+            _fmt(r["logdet_ratio"], 2),
+            f"{r['inverse_error']:.1e}",
+        ]
+        for r in results
+        if "skipped" not in r
+    ]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = [row[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))
-             for row in [header] + rows]
+    lines = [
+        row[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))
+        for row in [header] + rows
+    ]
     return lines + [f"# skipped {r['layer']}: {r['skipped']}" for r in results if "skipped" in r]
 
 
@@ -137,8 +164,10 @@ def run(args: argparse.Namespace) -> int:
             if "skipped" not in r:
                 r[f"{key}_ratio"] = t / t0 if t is not None and t0 else None
     if not args.json:
-        print(f"# layers on {device} ({args.dtype}), x: [{args.batch}, {', '.join(map(str, shape))}], "
-              f"median of {args.repeats}; base = {BASELINE}")
+        print(
+            f"# layers on {device} ({args.dtype}), x: [{args.batch}, {', '.join(map(str, shape))}], "
+            f"median of {args.repeats}; base = {BASELINE}"
+        )
         print("\n".join(_table(results)))
     for r in results:
         print(json.dumps(r))

@@ -44,10 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--amp", default="none", choices=("none", "bf16"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="keep NCHW on CUDA (channels-last is the default there)")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also run fp32 / no compile / NCHW and report the ratio")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep NCHW on CUDA (channels-last is the default there)",
+    )
+    parser.add_argument(
+        "--baseline", action="store_true", help="also run fp32 / no compile / NCHW and report the ratio"
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="sample: sampling temperature")
     parser.add_argument("--seed", type=int, default=0)
     model_group = parser.add_argument_group("model (ModelConfig overrides of the preset)")
@@ -69,9 +74,20 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
     return times
 
 
-def measure(kind: str, preset: str, overrides: dict, batch_size: int, steps: int, warmup: int,
-            device: torch.device, amp_dtype: str = "none", compile: bool = False, channels_last: bool = True,
-            temperature: float = 1.0, seed: int = 0) -> dict:
+def measure(
+    kind: str,
+    preset: str,
+    overrides: dict,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    amp_dtype: str = "none",
+    compile: bool = False,
+    channels_last: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> dict:
     """One configuration: build the model, time ``kind`` ("train" or "sample"), return the numbers."""
     from flowlib.models import build_model
 
@@ -89,8 +105,12 @@ def measure(kind: str, preset: str, overrides: dict, batch_size: int, steps: int
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    result = {"n_params": sum(p.numel() for p in model.parameters()), "amp": amp_dtype, "compile": compile,
-              "channels_last": channels_last}
+    result = {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "amp": amp_dtype,
+        "compile": compile,
+        "channels_last": channels_last,
+    }
     try:
         with flowlib.validation("shape"):
             with torch.no_grad():
@@ -113,11 +133,20 @@ def measure(kind: str, preset: str, overrides: dict, batch_size: int, steps: int
                 with torch.no_grad():
                     ms_eval = statistics.median(_timed(lambda: fwd(x), steps, warmup, device))
                     g = torch.Generator(device=device).manual_seed(seed)
-                    ms_sample = statistics.median(_timed(
-                        lambda: model.sample(batch_size, temperature=temperature, generator=g),
-                        steps, min(warmup, 2), device))
-                result.update(ms_per_eval_batch=ms_eval, eval_images_per_s=batch_size / ms_eval * 1e3,
-                              ms_per_sample_batch=ms_sample, sample_images_per_s=batch_size / ms_sample * 1e3)
+                    ms_sample = statistics.median(
+                        _timed(
+                            lambda: model.sample(batch_size, temperature=temperature, generator=g),
+                            steps,
+                            min(warmup, 2),
+                            device,
+                        )
+                    )
+                result.update(
+                    ms_per_eval_batch=ms_eval,
+                    eval_images_per_s=batch_size / ms_eval * 1e3,
+                    ms_per_sample_batch=ms_sample,
+                    sample_images_per_s=batch_size / ms_sample * 1e3,
+                )
     finally:
         amp.set_conditioner_dtype(old)
     result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -138,11 +167,26 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    common = dict(kind=args.bench, preset=args.preset, overrides=overrides, batch_size=args.batch_size,
-                  steps=args.steps, warmup=args.warmup, device=device, temperature=args.temperature, seed=args.seed)
-    result = {"bench": args.bench, "preset": args.preset, "overrides": overrides, "batch_size": args.batch_size,
-              "steps": args.steps, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__}
+    common = dict(
+        kind=args.bench,
+        preset=args.preset,
+        overrides=overrides,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=device,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    result = {
+        "bench": args.bench,
+        "preset": args.preset,
+        "overrides": overrides,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     result.update(measure(**common, amp_dtype=args.amp, compile=args.compile, channels_last=args.channels_last))
     if args.baseline:
         base = measure(**common, amp_dtype="none", compile=False, channels_last=False)

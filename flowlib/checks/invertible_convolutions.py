@@ -59,18 +59,30 @@ def check_conv1x1_logdet(fn) -> Feedback:
         if flip_sign == (torch.linalg.det(W) > 0):
             W[0] = -W[0]  # first case: det W < 0, where torch.logdet gives NaN
         logabs = torch.linalg.slogdet(W).logabsdet
-        cases.append(Case(
-            f"a random {C}x{C} W (det {'< 0' if flip_sign else '> 0'}) on {H}x{Wd} images", (W, H, Wd), H * Wd * logabs,
-            [
-                ("you returned log|det W| only: the same W acts at each of the H*W pixels, so the Jacobian is "
-                 "block diagonal with H*W copies of W and the log-determinant is H*W*log|det W|", logabs),
-                ("you multiplied by H + W; the number of pixels is H * W", (H + Wd) * logabs),
-                ("you returned the determinant, not its logarithm", H * Wd * torch.linalg.det(W).abs()),
-                ("you used the diagonal of W as if it were triangular; use torch.linalg.slogdet",
-                 H * Wd * torch.log(torch.diagonal(W).abs()).sum()),
-            ]))
+        cases.append(
+            Case(
+                f"a random {C}x{C} W (det {'< 0' if flip_sign else '> 0'}) on {H}x{Wd} images",
+                (W, H, Wd),
+                H * Wd * logabs,
+                [
+                    (
+                        "you returned log|det W| only: the same W acts at each of the H*W pixels, so the Jacobian is "
+                        "block diagonal with H*W copies of W and the log-determinant is H*W*log|det W|",
+                        logabs,
+                    ),
+                    ("you multiplied by H + W; the number of pixels is H * W", (H + Wd) * logabs),
+                    ("you returned the determinant, not its logarithm", H * Wd * torch.linalg.det(W).abs()),
+                    (
+                        "you used the diagonal of W as if it were triangular; use torch.linalg.slogdet",
+                        H * Wd * torch.log(torch.diagonal(W).abs()).sum(),
+                    ),
+                ],
+            )
+        )
     return run_cases(
-        "conv1x1_logdet", fn, cases,
+        "conv1x1_logdet",
+        fn,
+        cases,
         hint="Use torch.linalg.slogdet(W) (it handles det < 0, where torch.logdet gives NaN) and count the pixels.",
         success="log|det J| = H W log|det W|: the 1x1 convolution is H*W copies of W.",
     )
@@ -84,22 +96,35 @@ def check_periodic_inverse(fn) -> Feedback:
         y = torch.randn(2, H, W, generator=torch.Generator().manual_seed(seed + 10), dtype=F64)
         K = spectrum(kernel, H, W)
         y_hat = torch.fft.fft2(y)
-        cases.append(Case(
-            f"a random {k}x{k} kernel on {H}x{W} images", (y, kernel), torch.fft.ifft2(y_hat / K).real,
-            [
-                ("you applied the convolution (multiplied by K) instead of inverting it (divide by K)",
-                 torch.fft.ifft2(y_hat * K).real),
-                ("the kernel is not centred: placing it at the corner of an H x W array shifts the result by r = k//2 "
-                 "pixels; roll it so that its centre tap sits at index (0, 0) (torch.roll by -r)",
-                 torch.fft.ifft2(y_hat / _uncentred_spectrum(kernel, H, W)).real),
-                ("you inverted the convolution with the flipped kernel (a true convolution): the layer is a "
-                 "cross-correlation, whose spectrum is the complex conjugate of fft2 of the centred kernel",
-                 torch.fft.ifft2(y_hat / spectrum(kernel.flip(0, 1), H, W)).real),
-            ]))
+        cases.append(
+            Case(
+                f"a random {k}x{k} kernel on {H}x{W} images",
+                (y, kernel),
+                torch.fft.ifft2(y_hat / K).real,
+                [
+                    (
+                        "you applied the convolution (multiplied by K) instead of inverting it (divide by K)",
+                        torch.fft.ifft2(y_hat * K).real,
+                    ),
+                    (
+                        "the kernel is not centred: placing it at the corner of an H x W array shifts the result by r = k//2 "
+                        "pixels; roll it so that its centre tap sits at index (0, 0) (torch.roll by -r)",
+                        torch.fft.ifft2(y_hat / _uncentred_spectrum(kernel, H, W)).real,
+                    ),
+                    (
+                        "you inverted the convolution with the flipped kernel (a true convolution): the layer is a "
+                        "cross-correlation, whose spectrum is the complex conjugate of fft2 of the centred kernel",
+                        torch.fft.ifft2(y_hat / spectrum(kernel.flip(0, 1), H, W)).real,
+                    ),
+                ],
+            )
+        )
     return run_cases(
-        "periodic_inverse", fn, cases,
+        "periodic_inverse",
+        fn,
+        cases,
         hint="Compute K = conj(fft2(centred kernel)) on the H x W grid (conj: a cross-correlation), "
-             "then x = ifft2(fft2(y) / K).real.",
+        "then x = ifft2(fft2(y) / K).real.",
         success="Division in frequency space inverts the periodic convolution: one division per frequency.",
         tol=1e-8,
     )
@@ -111,20 +136,37 @@ def check_periodic_logdet(fn) -> Feedback:
     for H, W, k, seed in [(6, 7, 3, 2), (5, 8, 3, 3)]:
         kernel = _kernel(k, seed)
         K = spectrum(kernel, H, W)
-        half = torch.fft.rfft2(torch.roll(torch.nn.functional.pad(kernel, (0, W - k, 0, H - k)),
-                                          (-(k // 2), -(k // 2)), (0, 1)))
-        cases.append(Case(
-            f"a random {k}x{k} kernel on a {H}x{W} grid", (kernel, H, W), torch.log(K.abs()).sum(),
-            [
-                ("you summed over the rfft2 frequencies only (about half of them); the determinant is the product "
-                 "over all H*W frequencies: use torch.fft.fft2", torch.log(half.abs()).sum()),
-                ("you used the real part of K(u, v); |det| needs the modulus |K(u, v)|", torch.log(K.real.abs()).sum()),
-                ("you treated the layer as a 1x1 convolution (H W log|centre tap|); every tap contributes through "
-                 "K(u, v)", H * W * torch.log(kernel[k // 2, k // 2].abs())),
-                ("you returned the determinant itself, not its logarithm", K.abs().prod()),
-            ]))
+        half = torch.fft.rfft2(
+            torch.roll(torch.nn.functional.pad(kernel, (0, W - k, 0, H - k)), (-(k // 2), -(k // 2)), (0, 1))
+        )
+        cases.append(
+            Case(
+                f"a random {k}x{k} kernel on a {H}x{W} grid",
+                (kernel, H, W),
+                torch.log(K.abs()).sum(),
+                [
+                    (
+                        "you summed over the rfft2 frequencies only (about half of them); the determinant is the product "
+                        "over all H*W frequencies: use torch.fft.fft2",
+                        torch.log(half.abs()).sum(),
+                    ),
+                    (
+                        "you used the real part of K(u, v); |det| needs the modulus |K(u, v)|",
+                        torch.log(K.real.abs()).sum(),
+                    ),
+                    (
+                        "you treated the layer as a 1x1 convolution (H W log|centre tap|); every tap contributes through "
+                        "K(u, v)",
+                        H * W * torch.log(kernel[k // 2, k // 2].abs()),
+                    ),
+                    ("you returned the determinant itself, not its logarithm", K.abs().prod()),
+                ],
+            )
+        )
     return run_cases(
-        "periodic_logdet", fn, cases,
+        "periodic_logdet",
+        fn,
+        cases,
         hint="The DFT diagonalises the periodic convolution: log|det| = sum over all (u, v) of log|K(u, v)|.",
         success="log|det| is the sum of log|K(u, v)| over the H*W frequencies.",
     )

@@ -42,19 +42,31 @@ def check_sylvester_logdet(fn) -> Feedback:
         d = torch.diagonal(R) * torch.diagonal(Rt)  # [M]
         h = torch.tanh(pre)
         deriv = 1 - h * h
-        cases.append(Case(
-            f"random triangular {M}x{M} R, R~ and a batch of {B} pre-activations", (R, Rt, pre),
-            torch.log((1 + d * deriv).abs()).sum(1),
-            [
-                ("you used tanh(pre) where the derivative tanh'(pre) = 1 - tanh(pre)^2 belongs",
-                 torch.log((1 + d * h).abs()).sum(1)),
-                ("you left out the derivative of tanh: the Jacobian is I + Q R diag(tanh'(pre)) R~ Q^T",
-                 torch.log((1 + d).abs()).sum().expand(B)),
-                ("you used only R's diagonal; the triangular product R~ R has diagonal R_ii * R~_ii",
-                 torch.log((1 + torch.diagonal(R) * deriv).abs()).sum(1)),
-            ]))
+        cases.append(
+            Case(
+                f"random triangular {M}x{M} R, R~ and a batch of {B} pre-activations",
+                (R, Rt, pre),
+                torch.log((1 + d * deriv).abs()).sum(1),
+                [
+                    (
+                        "you used tanh(pre) where the derivative tanh'(pre) = 1 - tanh(pre)^2 belongs",
+                        torch.log((1 + d * h).abs()).sum(1),
+                    ),
+                    (
+                        "you left out the derivative of tanh: the Jacobian is I + Q R diag(tanh'(pre)) R~ Q^T",
+                        torch.log((1 + d).abs()).sum().expand(B),
+                    ),
+                    (
+                        "you used only R's diagonal; the triangular product R~ R has diagonal R_ii * R~_ii",
+                        torch.log((1 + torch.diagonal(R) * deriv).abs()).sum(1),
+                    ),
+                ],
+            )
+        )
     return run_cases(
-        "sylvester_logdet", fn, cases,
+        "sylvester_logdet",
+        fn,
+        cases,
         hint="det(I + Q R H R~ Q^T) = det(I + H R~ R) (Sylvester), triangular: a product over the diagonal.",
         success="log|det J| = sum_i log|1 + R_ii R~_ii tanh'(pre_i)|.",
     )
@@ -81,19 +93,28 @@ def check_planar_inverse(fn) -> Feedback:
             wrong_sign = y + torch.tanh(a_y)[:, None] * u_hat
             one_step = y - torch.tanh(a_y)[:, None] * u_hat
             without_b = y - torch.tanh(_solve(y @ w, w @ u_hat))[:, None] * u_hat
-        cases.append(Case(
-            f"a random planar layer in {dim}-D (w^T u_hat = {float(w @ u_hat):.2f}) and 5 points", (y, u_hat, w, b), x,
-            [
-                ("you used a = w^T y + b, i.e. one fixed-point step; a = w^T x + b is unknown and solves "
-                 "a + (w^T u_hat) tanh(a) = w^T y + b", one_step),
-                ("sign error: x = y - u_hat tanh(a), not y + ...", wrong_sign),
-                ("you forgot the bias b when solving for a (the equation is a + c tanh(a) = w^T y + b)",
-                 without_b),
-            ]))
+        cases.append(
+            Case(
+                f"a random planar layer in {dim}-D (w^T u_hat = {float(w @ u_hat):.2f}) and 5 points",
+                (y, u_hat, w, b),
+                x,
+                [
+                    (
+                        "you used a = w^T y + b, i.e. one fixed-point step; a = w^T x + b is unknown and solves "
+                        "a + (w^T u_hat) tanh(a) = w^T y + b",
+                        one_step,
+                    ),
+                    ("sign error: x = y - u_hat tanh(a), not y + ...", wrong_sign),
+                    ("you forgot the bias b when solving for a (the equation is a + c tanh(a) = w^T y + b)", without_b),
+                ],
+            )
+        )
     return run_cases(
-        "planar_inverse", fn, cases,
+        "planar_inverse",
+        fn,
+        cases,
         hint="Solve the scalar equation a + c tanh(a) = w^T y + b (c = w^T u_hat; Newton or bisection), "
-             "then x = y - u_hat tanh(a).",
+        "then x = y - u_hat tanh(a).",
         success="The planar flow inverts with one monotone scalar root solve per sample.",
         tol=1e-8,
     )
@@ -120,19 +141,33 @@ def check_series_logdet(fn) -> Feedback:
         traces = torch.stack([torch.trace(P) for P in powers])  # tr(J^0) = D, tr(J^1), ...
         ks = torch.arange(1, n + 1, dtype=F64)
         signs = (-1.0) ** (ks + 1)
-        cases.append(Case(
-            f"a random {D}x{D} J with ||J||_2 = 0.7 and n_terms={n}", (J, n), (signs * traces[1:] / ks).sum(),
-            [
-                ("the signs must alternate, (-1)^(k+1): log(1 + x) = x - x^2/2 + x^3/3 - ...", (traces[1:] / ks).sum()),
-                ("you forgot the 1/k", (signs * traces[1:]).sum()),
-                ("you started at k = 0; the series starts at k = 1 (there is no tr(I) term)",
-                 (signs * traces[1:] / ks).sum() - traces[0]),
-                ("you used tr(J)^k; the series needs tr(J^k), the trace of the matrix power",
-                 (signs * traces[1] ** ks / ks).sum()),
-                ("you summed one term too few (k = 1 .. n_terms - 1)", (signs * traces[1:] / ks)[:-1].sum()),
-            ]))
+        cases.append(
+            Case(
+                f"a random {D}x{D} J with ||J||_2 = 0.7 and n_terms={n}",
+                (J, n),
+                (signs * traces[1:] / ks).sum(),
+                [
+                    (
+                        "the signs must alternate, (-1)^(k+1): log(1 + x) = x - x^2/2 + x^3/3 - ...",
+                        (traces[1:] / ks).sum(),
+                    ),
+                    ("you forgot the 1/k", (signs * traces[1:]).sum()),
+                    (
+                        "you started at k = 0; the series starts at k = 1 (there is no tr(I) term)",
+                        (signs * traces[1:] / ks).sum() - traces[0],
+                    ),
+                    (
+                        "you used tr(J)^k; the series needs tr(J^k), the trace of the matrix power",
+                        (signs * traces[1] ** ks / ks).sum(),
+                    ),
+                    ("you summed one term too few (k = 1 .. n_terms - 1)", (signs * traces[1:] / ks)[:-1].sum()),
+                ],
+            )
+        )
     return run_cases(
-        "series_logdet", fn, cases,
+        "series_logdet",
+        fn,
+        cases,
         hint="Accumulate P = J^k with one matrix product per term and add (-1)^(k+1) tr(P) / k for k = 1..n_terms.",
         success="The truncated series log det(I + J) = sum_k (-1)^(k+1) tr(J^k) / k.",
     )

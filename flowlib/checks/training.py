@@ -25,16 +25,22 @@ def check_bits_per_dim(fn) -> Feedback:
     cases = []
     for dims, values in [(3 * 32 * 32, [-7000.0, -6500.5]), (64, [-180.0, -95.25, -300.0])]:
         log_p = torch.tensor(values, dtype=F64)
-        cases.append(Case(
-            f"log_p = {values} nats with D = {dims}", (log_p, dims), -log_p / (dims * LN2),
-            [
-                ("you returned nats per dimension: divide by ln 2 to get bits", -log_p / dims),
-                ("sign error: bits/dim is the *negative* log-likelihood per dimension", log_p / (dims * LN2)),
-                ("you forgot to divide by the number of dimensions D", -log_p / LN2),
-                ("you divided by log10(2); bits need ln 2 = log(2)", -log_p / (dims * math.log10(2))),
-            ]))
-    return run_cases("bits_per_dim", fn, cases, hint="bits/dim = -log_p / (D ln 2).",
-                     success="bits/dim = -log_p / (D ln 2).")
+        cases.append(
+            Case(
+                f"log_p = {values} nats with D = {dims}",
+                (log_p, dims),
+                -log_p / (dims * LN2),
+                [
+                    ("you returned nats per dimension: divide by ln 2 to get bits", -log_p / dims),
+                    ("sign error: bits/dim is the *negative* log-likelihood per dimension", log_p / (dims * LN2)),
+                    ("you forgot to divide by the number of dimensions D", -log_p / LN2),
+                    ("you divided by log10(2); bits need ln 2 = log(2)", -log_p / (dims * math.log10(2))),
+                ],
+            )
+        )
+    return run_cases(
+        "bits_per_dim", fn, cases, hint="bits/dim = -log_p / (D ln 2).", success="bits/dim = -log_p / (D ln 2)."
+    )
 
 
 def check_bpd_from_density(fn) -> Feedback:
@@ -43,19 +49,32 @@ def check_bpd_from_density(fn) -> Feedback:
     for dims, values in [(3 * 32 * 32, [3500.0, 4100.0]), (64, [40.0, -12.5])]:
         log_v = torch.tensor(values, dtype=F64)
         right = -(log_v - dims * math.log(256)) / (dims * LN2)
-        cases.append(Case(
-            f"log p(v) = {values} nats with D = {dims}", (log_v, dims), right,
-            [
-                ("you forgot the -D log 256 of the rescaling v = (x + u) / 256 (you are 8 bits/dim too low)",
-                 -log_v / (dims * LN2)),
-                ("the rescaling term has the wrong sign: log P(x) >= log p(v) - D log 256", right - 16),
-                ("you used 255 levels; 8-bit images have 256 values, and v = (x + u) / 256",
-                 -(log_v - dims * math.log(255)) / (dims * LN2)),
-                ("you returned nats per dimension: divide by ln 2", -(log_v - dims * math.log(256)) / dims),
-            ]))
-    return run_cases("bpd_from_density", fn, cases,
-                     hint="log P(x) >= log p(v) - D log 256; then bits/dim = -log P(x) / (D ln 2).",
-                     success="bpd = -(log p(v) - D log 256) / (D ln 2) = 8 - log p(v) / (D ln 2).")
+        cases.append(
+            Case(
+                f"log p(v) = {values} nats with D = {dims}",
+                (log_v, dims),
+                right,
+                [
+                    (
+                        "you forgot the -D log 256 of the rescaling v = (x + u) / 256 (you are 8 bits/dim too low)",
+                        -log_v / (dims * LN2),
+                    ),
+                    ("the rescaling term has the wrong sign: log P(x) >= log p(v) - D log 256", right - 16),
+                    (
+                        "you used 255 levels; 8-bit images have 256 values, and v = (x + u) / 256",
+                        -(log_v - dims * math.log(255)) / (dims * LN2),
+                    ),
+                    ("you returned nats per dimension: divide by ln 2", -(log_v - dims * math.log(256)) / dims),
+                ],
+            )
+        )
+    return run_cases(
+        "bpd_from_density",
+        fn,
+        cases,
+        hint="log P(x) >= log p(v) - D log 256; then bits/dim = -log P(x) / (D ln 2).",
+        success="bpd = -(log p(v) - D log 256) / (D ln 2) = 8 - log p(v) / (D ln 2).",
+    )
 
 
 def check_histogram_bpd(fn) -> Feedback:
@@ -67,15 +86,25 @@ def check_histogram_bpd(fn) -> Feedback:
         counts = torch.rand(256, generator=g, dtype=F64) + 0.05
         probs = counts / counts.sum()
         nll = -torch.log2(probs[images.long()])  # bits per pixel value
-        cases.append(Case(
-            f"{shape[0]} random uint8 images of shape {list(shape[1:])} and a random histogram", (images, probs),
-            nll.mean(),
-            [
-                ("you used the natural log (nats); bits need log2", (nll * LN2).mean()),
-                ("you summed over the pixels instead of averaging (bits per image, not per dimension)",
-                 nll.flatten(1).sum(1).mean()),
-                ("sign error: bits/dim is -log2 p", -nll.mean()),
-            ]))
-    return run_cases("histogram_bpd", fn, cases,
-                     hint="Index probs with the pixel values (images.long()) and average -log2 of the result.",
-                     success="Under independent pixels, bpd is the mean of -log2 p(pixel value).")
+        cases.append(
+            Case(
+                f"{shape[0]} random uint8 images of shape {list(shape[1:])} and a random histogram",
+                (images, probs),
+                nll.mean(),
+                [
+                    ("you used the natural log (nats); bits need log2", (nll * LN2).mean()),
+                    (
+                        "you summed over the pixels instead of averaging (bits per image, not per dimension)",
+                        nll.flatten(1).sum(1).mean(),
+                    ),
+                    ("sign error: bits/dim is -log2 p", -nll.mean()),
+                ],
+            )
+        )
+    return run_cases(
+        "histogram_bpd",
+        fn,
+        cases,
+        hint="Index probs with the pixel values (images.long()) and average -log2 of the result.",
+        success="Under independent pixels, bpd is the mean of -log2 p(pixel value).",
+    )

@@ -41,8 +41,17 @@ __all__ = ["EXPERIMENTS", "run", "common", "mixing", "residual", "stability", "g
 EXPERIMENTS = {"mixing": mixing, "residual": residual, "stability": stability, "graph": graph}
 
 
-def run(name: str, scale: str = "ci", seeds: int = MIN_SEEDS, out="results", runs=None, device: str = "auto",
-        data_dir=None, quiet: bool = False, command: str | None = None) -> dict[str, Path]:
+def run(
+    name: str,
+    scale: str = "ci",
+    seeds: int = MIN_SEEDS,
+    out="results",
+    runs=None,
+    device: str = "auto",
+    data_dir=None,
+    quiet: bool = False,
+    command: str | None = None,
+) -> dict[str, Path]:
     """Run (or resume) experiment ``name`` at ``scale``; return the paths of the written result files.
 
     Arguments:
@@ -58,13 +67,16 @@ def run(name: str, scale: str = "ci", seeds: int = MIN_SEEDS, out="results", run
         command: the command recorded in the result files (default: the equivalent CLI command).
     """
     if name not in EXPERIMENTS:
-        raise ExperimentError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)} (or 'all' "
-                              "on the command line)")
+        raise ExperimentError(
+            f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)} (or 'all' on the command line)"
+        )
     if scale not in SCALES:
         raise ExperimentError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if not isinstance(seeds, int) or seeds < MIN_SEEDS:
-        raise ExperimentError(f"seeds must be an integer >= {MIN_SEEDS} (the protocol reports mean ± std over "
-                              f"at least {MIN_SEEDS} seeds), got {seeds!r}")
+        raise ExperimentError(
+            f"seeds must be an integer >= {MIN_SEEDS} (the protocol reports mean ± std over "
+            f"at least {MIN_SEEDS} seeds), got {seeds!r}"
+        )
     device = resolve_device(device)
     runs = Path(runs) if runs is not None else Path("runs") / "experiments"
     if command is None:
@@ -73,7 +85,15 @@ def run(name: str, scale: str = "ci", seeds: int = MIN_SEEDS, out="results", run
     if scale == "ci" and device == "cpu":  # tiny models: extra threads only add overhead (and contention)
         torch.set_num_threads(1)
     try:
-        return EXPERIMENTS[name].run(scale=scale, seeds=seeds, out=Path(out), runs=runs / f"{name}-{scale}",
-                                     device=device, command=command, data_dir=data_dir, quiet=quiet)
+        return EXPERIMENTS[name].run(
+            scale=scale,
+            seeds=seeds,
+            out=Path(out),
+            runs=runs / f"{name}-{scale}",
+            device=device,
+            command=command,
+            data_dir=data_dir,
+            quiet=quiet,
+        )
     finally:
         torch.set_num_threads(threads)

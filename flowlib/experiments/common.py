@@ -32,10 +32,34 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "SCALES", "MIN_SEEDS", "BUDGET_TOLERANCE", "DIVERGED_BPD", "ExperimentError", "BudgetError", "Arm",
-    "environment", "resolve_device", "device_name", "command_line", "match_budget", "check_budget",
-    "run_grid", "aggregate", "fmt", "markdown_table", "write_results", "cifar_subset", "count_parameters",
-    "image_run", "image_budget", "budget_markdown", "image_data", "spec_of", "diff_note", "mean_std", "log_line",
+    "SCALES",
+    "MIN_SEEDS",
+    "BUDGET_TOLERANCE",
+    "DIVERGED_BPD",
+    "ExperimentError",
+    "BudgetError",
+    "Arm",
+    "environment",
+    "resolve_device",
+    "device_name",
+    "command_line",
+    "match_budget",
+    "check_budget",
+    "run_grid",
+    "aggregate",
+    "fmt",
+    "markdown_table",
+    "write_results",
+    "cifar_subset",
+    "count_parameters",
+    "image_run",
+    "image_budget",
+    "budget_markdown",
+    "image_data",
+    "spec_of",
+    "diff_note",
+    "mean_std",
+    "log_line",
     "SCALE_CAVEAT",
 ]
 
@@ -45,10 +69,10 @@ BUDGET_TOLERANCE = 0.05  # parameter counts of the arms may differ by at most 5%
 DIVERGED_BPD = 8.0  # a model worse than uniform over 256 levels (8 bits/dim) has diverged
 SCALE_CAVEAT = {
     "ci": "**ci scale is far too small for conclusions**: tiny models, a few optimizer steps and tiny "
-          "synthetic data, run on a CPU only to show that the pipeline works end to end. Do not read any "
-          "ordering below as evidence for or against the papers.",
+    "synthetic data, run on a CPU only to show that the pipeline works end to end. Do not read any "
+    "ordering below as evidence for or against the papers.",
     "gpu-small": "gpu-small scale: small models trained for a few minutes each on a fixed CIFAR-10 subset; "
-                 "orderings can differ from the papers' fully trained models.",
+    "orderings can differ from the papers' fully trained models.",
     "paper": "paper scale: the official model sizes and schedules.",
 }
 
@@ -93,8 +117,11 @@ def device_name(device: str) -> str:
 
 def environment(device: str) -> dict:
     """Device name, torch version and the current UTC date and time."""
-    return {"device": device_name(device), "torch": torch.__version__,
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def command_line(name: str, scale: str, seeds: int, extra: dict) -> str:
@@ -121,8 +148,12 @@ def count_parameters(build: Callable[[], torch.nn.Module]) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def match_budget(arms: list[Arm], count: Callable[[Arm, int | None], int], knob: Callable[[Arm], str | None],
-                 base_width: Callable[[Arm], int]) -> dict:
+def match_budget(
+    arms: list[Arm],
+    count: Callable[[Arm, int | None], int],
+    knob: Callable[[Arm], str | None],
+    base_width: Callable[[Arm], int],
+) -> dict:
     """Choose each arm's conditioner width so that all parameter counts are as equal as possible.
 
     ``knob(arm)`` names the width field the arm may change (``None``: fixed), ``count(arm,
@@ -158,8 +189,10 @@ def check_budget(counts: dict[str, int], tolerance: float = BUDGET_TOLERANCE, wh
     spread = max(counts.values()) / min(counts.values()) - 1
     if spread > tolerance:
         listing = ", ".join(f"{k}: {v:,}" for k, v in counts.items())
-        raise BudgetError(f"parameter counts of the {what} differ by {100 * spread:.1f}% (> {100 * tolerance:.0f}%): "
-                          f"{listing}; widen the search of the width knob or change the base widths")
+        raise BudgetError(
+            f"parameter counts of the {what} differ by {100 * spread:.1f}% (> {100 * tolerance:.0f}%): "
+            f"{listing}; widen the search of the width knob or change the base widths"
+        )
     return {"counts": dict(counts), "spread": spread, "tolerance": tolerance, "within": True}
 
 
@@ -188,9 +221,16 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=_json_default))
 
 
-def run_grid(arms: list[Arm], seeds: int, runs_dir: Path, run_one: Callable[[Arm, int, Path], dict],
-             spec: Callable[[Arm, int], dict], device: str, label: str,
-             log: Callable[[str], None] = print) -> list[dict]:
+def run_grid(
+    arms: list[Arm],
+    seeds: int,
+    runs_dir: Path,
+    run_one: Callable[[Arm, int, Path], dict],
+    spec: Callable[[Arm, int], dict],
+    device: str,
+    label: str,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Run ``run_one(arm, seed, run_dir)`` for every arm and seed ``0..seeds-1``; return all records.
 
     A run whose ``result.json`` exists is loaded, not re-run. ``spec(arm, seed)`` (the exact
@@ -217,11 +257,17 @@ def run_grid(arms: list[Arm], seeds: int, runs_dir: Path, run_one: Callable[[Arm
                 log(f"[{label}] {done}/{total} {arm.name} seed {seed}: done before, loaded {result_path}")
             else:
                 t0 = time.perf_counter()
-                record = {"arm": arm.name, "seed": seed, **run_one(arm, seed, run_dir),
-                          "run_s": round(time.perf_counter() - t0, 2), **environment(device)}
+                record = {
+                    "arm": arm.name,
+                    "seed": seed,
+                    **run_one(arm, seed, run_dir),
+                    "run_s": round(time.perf_counter() - t0, 2),
+                    **environment(device),
+                }
                 _write_json(result_path, record)
-                head = ", ".join(f"{k} {fmt(v)}" for k, v in record.items()
-                                 if k in ("test_bpd", "test_nll", "diverged", "params"))
+                head = ", ".join(
+                    f"{k} {fmt(v)}" for k, v in record.items() if k in ("test_bpd", "test_nll", "diverged", "params")
+                )
                 log(f"[{label}] {done}/{total} {arm.name} seed {seed}: {head} ({record['run_s']:.1f} s)")
             records.append(record)
     return records
@@ -283,8 +329,17 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, Callable[[dict], s
     return "\n".join(lines)
 
 
-def write_results(out: Path, name: str, scale: str, info: dict, rows: list[dict], records: list[dict],
-                  markdown_body: str, notes: list[str], plot: Callable[[object], None]) -> dict[str, Path]:
+def write_results(
+    out: Path,
+    name: str,
+    scale: str,
+    info: dict,
+    rows: list[dict],
+    records: list[dict],
+    markdown_body: str,
+    notes: list[str],
+    plot: Callable[[object], None],
+) -> dict[str, Path]:
     """Write ``<name>-<scale>.json/.csv/.md/.png`` into ``out``; return their paths.
 
     ``info`` holds the provenance (``command``, ``device``, ``torch``, ``date``) and the
@@ -310,19 +365,29 @@ def write_results(out: Path, name: str, scale: str, info: dict, rows: list[dict]
             writer.writerow({**{k: r.get(k, "") for k in keys}, **prov})
 
     devices = sorted({r.get("device", "?") for r in records})
-    header = (f"# {info['title']} ({scale})\n\n"
-              f"- command: `{info['command']}`\n- scale: {scale}\n- device: {info['device']}"
-              + (f" (runs: {', '.join(devices)})" if devices != [info["device"]] else "")
-              + f"\n- torch: {info['torch']}\n- date: {info['date']}\n"
-              f"- seeds: {info['seeds']} per arm; mean ± sample std over seeds\n")
-    md = (f"{header}\n## Protocol\n\n{info['protocol']}\n\n{markdown_body}\n\n## Notes\n\n"
-          + "\n".join(f"- {n}" for n in notes) + "\n")
+    header = (
+        f"# {info['title']} ({scale})\n\n"
+        f"- command: `{info['command']}`\n- scale: {scale}\n- device: {info['device']}"
+        + (f" (runs: {', '.join(devices)})" if devices != [info["device"]] else "")
+        + f"\n- torch: {info['torch']}\n- date: {info['date']}\n"
+        f"- seeds: {info['seeds']} per arm; mean ± sample std over seeds\n"
+    )
+    md = (
+        f"{header}\n## Protocol\n\n{info['protocol']}\n\n{markdown_body}\n\n## Notes\n\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + "\n"
+    )
     paths["md"].write_text(md)
 
     fig = plt.figure(figsize=(9, 4.8))
     plot(fig)
-    fig.text(0.01, 0.005, f"{info['command']} | {info['device']} | torch {info['torch']} | {info['date']}",
-             fontsize=6, color="0.4")
+    fig.text(
+        0.01,
+        0.005,
+        f"{info['command']} | {info['device']} | torch {info['torch']} | {info['date']}",
+        fontsize=6,
+        color="0.4",
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(paths["png"], dpi=110, metadata={"Description": json.dumps(prov)})
     plt.close(fig)
@@ -351,16 +416,20 @@ def cifar_subset(source, dest: Path, n_test: int) -> Path:
         source = source / "cifar-10-batches-py"
     for name in ("batches.meta", "data_batch_1", "test_batch"):
         if not (source / name).exists():
-            raise ExperimentError(f"CIFAR-10 subset: {source / name} is missing; --data-dir must point to a "
-                                  "cifar-10-batches-py directory holding at least batches.meta, data_batch_1 "
-                                  "and test_batch")
+            raise ExperimentError(
+                f"CIFAR-10 subset: {source / name} is missing; --data-dir must point to a "
+                "cifar-10-batches-py directory holding at least batches.meta, data_batch_1 "
+                "and test_batch"
+            )
     rows = data.read_cifar_meta(source / "batches.meta")
     train_x, train_y = data.read_cifar_batch(source / "data_batch_1", rows)
     test_x, test_y = data.read_cifar_batch(source / "test_batch", rows)
     n_train = 5 * n_test
     if n_train > len(train_x) or n_test > len(test_x):
-        raise ExperimentError(f"CIFAR-10 subset needs {n_train} train and {n_test} test images; "
-                              f"data_batch_1 has {len(train_x)} and test_batch {len(test_x)}")
+        raise ExperimentError(
+            f"CIFAR-10 subset needs {n_train} train and {n_test} test images; "
+            f"data_batch_1 has {len(train_x)} and test_batch {len(test_x)}"
+        )
     import numpy as np
 
     images = np.concatenate([train_x[:n_train], test_x[:n_test]]).reshape(-1, 3, 32, 32)  # [6n, 3, 32, 32]
@@ -369,8 +438,7 @@ def cifar_subset(source, dest: Path, n_test: int) -> Path:
     return dest
 
 
-def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, device: str,
-              sample_n: int) -> dict:
+def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, device: str, sample_n: int) -> dict:
     """Train one image model with :func:`flowlib.train.train` and measure it.
 
     Returns ``params``, ``train_bpd``, ``test_bpd`` (and ``test_bpd_iw``), ``train_images_per_s``,
@@ -386,13 +454,26 @@ def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, d
     from flowlib.train import train as train_fn
 
     cfg = TrainConfig.for_preset(
-        preset, **{"n_samples": 4, "temperatures": (1.0,), "progress": False, "iw_samples": 0, **train},
-        model=model, seed=seed, device=device, out=str(run_dir / "train"),
-        resume=(run_dir / "train" / "last.pt").exists(), on_nonfinite="stop",
+        preset,
+        **{"n_samples": 4, "temperatures": (1.0,), "progress": False, "iw_samples": 0, **train},
+        model=model,
+        seed=seed,
+        device=device,
+        out=str(run_dir / "train"),
+        resume=(run_dir / "train" / "last.pt").exists(),
+        on_nonfinite="stop",
     )
-    record = {"params": None, "train_bpd": float("nan"), "test_bpd": float("nan"), "train_images_per_s": float("nan"),
-              "ms_per_step": float("nan"), "epoch_s": float("nan"), "sample_images_per_s": float("nan"),
-              "diverged": False, "error": None}
+    record = {
+        "params": None,
+        "train_bpd": float("nan"),
+        "test_bpd": float("nan"),
+        "train_images_per_s": float("nan"),
+        "ms_per_step": float("nan"),
+        "epoch_s": float("nan"),
+        "sample_images_per_s": float("nan"),
+        "diverged": False,
+        "error": None,
+    }
     try:
         summary = train_fn(cfg)
     except (NonFiniteError, SeriesNotConverged, torch.linalg.LinAlgError) as e:
@@ -403,9 +484,14 @@ def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, d
     net = summary.pop("model")
     ips = summary["images_per_s"]
     steps_per_epoch = json.loads((run_dir / "train" / "config.json").read_text())["steps_per_epoch"]
-    record.update(params=summary["n_params"], train_bpd=summary["train_bpd"], test_bpd=summary["test_bpd"],
-                  train_images_per_s=ips, ms_per_step=1000 * cfg.batch_size / ips,
-                  epoch_s=steps_per_epoch * cfg.batch_size / ips)
+    record.update(
+        params=summary["n_params"],
+        train_bpd=summary["train_bpd"],
+        test_bpd=summary["test_bpd"],
+        train_images_per_s=ips,
+        ms_per_step=1000 * cfg.batch_size / ips,
+        epoch_s=steps_per_epoch * cfg.batch_size / ips,
+    )
     if "test_bpd_iw" in summary:
         record["test_bpd_iw"] = summary["test_bpd_iw"]
     if not math.isfinite(summary["test_bpd"]) or summary["test_bpd"] > DIVERGED_BPD:
@@ -426,8 +512,13 @@ def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, d
     return record
 
 
-def image_budget(arms: list[Arm], preset: str, model: Callable[[Arm], dict], knob: Callable[[Arm], str | None],
-                 base_width: Callable[[Arm], int]) -> tuple[dict, dict[str, dict]]:
+def image_budget(
+    arms: list[Arm],
+    preset: str,
+    model: Callable[[Arm], dict],
+    knob: Callable[[Arm], str | None],
+    base_width: Callable[[Arm], int],
+) -> tuple[dict, dict[str, dict]]:
     """Match the arms' parameter budgets (:func:`match_budget`) and check it (:func:`check_budget`).
 
     ``model(arm)`` gives the arm's :class:`flowlib.models.ModelConfig` overrides of ``preset``;
@@ -454,13 +545,28 @@ def image_budget(arms: list[Arm], preset: str, model: Callable[[Arm], dict], kno
 
 def budget_markdown(budget: dict, labels: dict[str, str]) -> str:
     """The parameter-budget section: per arm the width knob, its value and the parameter count."""
-    rows = [{"arm": labels[k], "knob": budget["knobs"][k] or "(fixed)",
-             "width": "—" if budget["widths"][k] is None else str(budget["widths"][k]), "count": v}
-            for k, v in budget["counts"].items()]
-    table = markdown_table(rows, [("arm", lambda r: r["arm"]), ("width knob", lambda r: r["knob"]),
-                                  ("width", lambda r: r["width"]), ("parameters", lambda r: fmt(r["count"]))])
-    return (f"## Parameter budget\n\nTarget {budget['target']:,} parameters; spread max/min − 1 = "
-            f"{100 * budget['spread']:.2f}% (tolerance {100 * budget['tolerance']:.0f}%: checked, within).\n\n{table}")
+    rows = [
+        {
+            "arm": labels[k],
+            "knob": budget["knobs"][k] or "(fixed)",
+            "width": "—" if budget["widths"][k] is None else str(budget["widths"][k]),
+            "count": v,
+        }
+        for k, v in budget["counts"].items()
+    ]
+    table = markdown_table(
+        rows,
+        [
+            ("arm", lambda r: r["arm"]),
+            ("width knob", lambda r: r["knob"]),
+            ("width", lambda r: r["width"]),
+            ("parameters", lambda r: fmt(r["count"])),
+        ],
+    )
+    return (
+        f"## Parameter budget\n\nTarget {budget['target']:,} parameters; spread max/min − 1 = "
+        f"{100 * budget['spread']:.2f}% (tolerance {100 * budget['tolerance']:.0f}%: checked, within).\n\n{table}"
+    )
 
 
 def log_line(quiet: bool) -> Callable[[str], None]:
@@ -478,13 +584,17 @@ def image_data(scale: str, data_dir, runs_root: Path, n_test: int) -> tuple[dict
     if scale == "ci":
         return {"dataset": "synthetic"}, "flowlib.data synthetic 3x8x8 (2,000 train / 500 test images)"
     if data_dir is None:
-        raise ExperimentError(f"--scale {scale} trains on CIFAR-10: pass --data-dir pointing to a cifar-10-batches-py "
-                              "directory (gpu-small reads only batches.meta, data_batch_1 and test_batch)")
+        raise ExperimentError(
+            f"--scale {scale} trains on CIFAR-10: pass --data-dir pointing to a cifar-10-batches-py "
+            "directory (gpu-small reads only batches.meta, data_batch_1 and test_batch)"
+        )
     if scale == "gpu-small":
         subset = cifar_subset(data_dir, runs_root / f"cifar10-subset-{n_test}", n_test)
-        return ({"dataset": "cifar10", "data_dir": str(subset)},
-                f"CIFAR-10 subset: train = first {5 * n_test:,} images of data_batch_1, "
-                f"test = first {n_test:,} images of test_batch")
+        return (
+            {"dataset": "cifar10", "data_dir": str(subset)},
+            f"CIFAR-10 subset: train = first {5 * n_test:,} images of data_batch_1, "
+            f"test = first {n_test:,} images of test_batch",
+        )
     return {"dataset": "cifar10", "data_dir": str(data_dir)}, "CIFAR-10 (50,000 train / 10,000 test images)"
 
 
@@ -503,5 +613,7 @@ def diff_note(rows: dict[str, dict], metric: str, a: str, b: str, lower_better: 
     sa, sb = ra[f"{metric}_std"], rb[f"{metric}_std"]
     pooled = math.sqrt(((sa if math.isfinite(sa) else 0) ** 2 + (sb if math.isfinite(sb) else 0) ** 2) / 2)
     size = "larger" if abs(ma - mb) > pooled else "smaller"
-    return better, (f"{ra['label']} {fmt(ma, 4)} vs {rb['label']} {fmt(mb, 4)} (gap {fmt(abs(ma - mb), 4)}, "
-                    f"{size} than the pooled seed std {fmt(pooled, 4)})")
+    return better, (
+        f"{ra['label']} {fmt(ma, 4)} vs {rb['label']} {fmt(mb, 4)} (gap {fmt(abs(ma - mb), 4)}, "
+        f"{size} than the pooled seed std {fmt(pooled, 4)})"
+    )

@@ -51,40 +51,54 @@ TITLE = "Graph flow with and without the graph convolution exponential"
 
 SCALES = {
     "ci": dict(nodes=12, features=2, n_train=512, n_test=512, blocks=2, hidden=16, steps=100, batch_size=64, lr=5e-3),
-    "gpu-small": dict(nodes=20, features=4, n_train=4096, n_test=1024, blocks=4, hidden=64, steps=2000,
-                      batch_size=256, lr=2e-3),
-    "paper": dict(nodes=32, features=4, n_train=16384, n_test=4096, blocks=8, hidden=128, steps=10000,
-                  batch_size=256, lr=1e-3),
+    "gpu-small": dict(
+        nodes=20, features=4, n_train=4096, n_test=1024, blocks=4, hidden=64, steps=2000, batch_size=256, lr=2e-3
+    ),
+    "paper": dict(
+        nodes=32, features=4, n_train=16384, n_test=4096, blocks=8, hidden=128, steps=10000, batch_size=256, lr=1e-3
+    ),
 }
-ARMS = [Arm("convexp", "with graph conv. exp.", {"use_convexp": True}),
-        Arm("no-convexp", "without graph conv. exp.", {"use_convexp": False})]
+ARMS = [
+    Arm("convexp", "with graph conv. exp.", {"use_convexp": True}),
+    Arm("no-convexp", "without graph conv. exp.", {"use_convexp": False}),
+]
 
 
-def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None,
-        quiet: bool = False) -> dict[str, Path]:
+def run(
+    scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None, quiet: bool = False
+) -> dict[str, Path]:
     """Run (or resume) both arms for ``seeds`` seeds; write ``out/graph-<scale>.*`` (``data_dir`` is unused)."""
     from flowlib.functional import SeriesNotConverged
     from flowlib.graphs import GraphFlow, fit, make_graph_dataset
 
     s = SCALES[scale]
-    dataset = make_graph_dataset(num_samples=s["n_train"] + s["n_test"], num_nodes=s["nodes"],
-                                 features=s["features"], seed=0)
-    train_x, test_x = dataset.x[: s["n_train"]], dataset.x[s["n_train"]:]  # [S, N, C] each
+    dataset = make_graph_dataset(
+        num_samples=s["n_train"] + s["n_test"], num_nodes=s["nodes"], features=s["features"], seed=0
+    )
+    train_x, test_x = dataset.x[: s["n_train"]], dataset.x[s["n_train"] :]  # [S, N, C] each
 
     def build(arm: Arm, hidden: int) -> GraphFlow:
-        return GraphFlow(dataset.adjacency, s["features"], blocks=s["blocks"], hidden=hidden,
-                         use_convexp=arm.settings["use_convexp"])
+        return GraphFlow(
+            dataset.adjacency, s["features"], blocks=s["blocks"], hidden=hidden, use_convexp=arm.settings["use_convexp"]
+        )
 
-    matched = match_budget(ARMS, lambda a, w: sum(p.numel() for p in build(a, w).parameters()),
-                           lambda a: "hidden", lambda a: s["hidden"])
+    matched = match_budget(
+        ARMS, lambda a, w: sum(p.numel() for p in build(a, w).parameters()), lambda a: "hidden", lambda a: s["hidden"]
+    )
     budget = {**matched, **check_budget(matched["counts"])}
 
     def one(arm: Arm, seed: int, run_dir: Path) -> dict:
         torch.manual_seed(seed)
         model = build(arm, budget["widths"][arm.name]).to(device)
         dims = train_x[0].numel()
-        record = {"params": sum(p.numel() for p in model.parameters()), "test_nll": float("nan"),
-                  "train_nll": float("nan"), "ms_per_step": float("nan"), "diverged": False, "error": None}
+        record = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "test_nll": float("nan"),
+            "train_nll": float("nan"),
+            "ms_per_step": float("nan"),
+            "diverged": False,
+            "error": None,
+        }
         t0 = time.perf_counter()
         try:
             losses = fit(model, train_x.to(device), steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed)
@@ -92,7 +106,7 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
             record.update(diverged=True, error=f"{type(e).__name__}: {e}")
             return record
         record["ms_per_step"] = 1000 * (time.perf_counter() - t0) / s["steps"]
-        tail = losses[-max(1, len(losses) // 10):]
+        tail = losses[-max(1, len(losses) // 10) :]
         record["train_nll"] = sum(tail) / len(tail)
         model.eval()
         with torch.no_grad():
@@ -101,39 +115,75 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
             record.update(diverged=True, error="non-finite loss")
         return record
 
-    records = run_grid(ARMS, seeds, runs, one, lambda a, seed: {**s, "hidden": budget["widths"][a.name],
-                                                                  **a.settings}, device, f"graph {scale}",
-                       log_line(quiet))
+    records = run_grid(
+        ARMS,
+        seeds,
+        runs,
+        one,
+        lambda a, seed: {**s, "hidden": budget["widths"][a.name], **a.settings},
+        device,
+        f"graph {scale}",
+        log_line(quiet),
+    )
     rows = aggregate(records, ARMS, ["test_nll", "train_nll", "ms_per_step", "params"])
     by = {r["arm"]: r for r in rows}
     ok, text = diff_note(by, "test_nll", "convexp", "no-convexp")
-    notes = [SCALE_CAVEAT[scale].replace("synthetic data", "synthetic graphs"),
-             ("Agrees with the paper: the graph convolution exponential lowers the test NLL: " if ok else
-              "DISAGREES with the paper (graph convolution exponential improves the likelihood): ") + text + "."]
+    notes = [
+        SCALE_CAVEAT[scale].replace("synthetic data", "synthetic graphs"),
+        (
+            "Agrees with the paper: the graph convolution exponential lowers the test NLL: "
+            if ok
+            else "DISAGREES with the paper (graph convolution exponential improves the likelihood): "
+        )
+        + text
+        + ".",
+    ]
     if scale == "paper":
         notes.append("The paper's graph data sets are not bundled: 'paper' scale here is a larger synthetic setting.")
     diverged = [r for r in rows if r.get("diverged_frac", 0) > 0]
     if diverged:
-        notes.append("Runs that diverged (left out of the means): "
-                     + ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged) + ".")
+        notes.append(
+            "Runs that diverged (left out of the means): "
+            + ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged)
+            + "."
+        )
 
-    table = markdown_table(rows, [
-        ("model", lambda r: r["label"]), ("test NLL (nats/dim)", lambda r: mean_std(r, "test_nll", 4)),
-        ("train NLL, last 10% of steps", lambda r: mean_std(r, "train_nll", 4)),
-        ("ms / step", lambda r: mean_std(r, "ms_per_step", 1)),
-        ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
-        ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
-    ])
-    data_text = (f"make_graph_dataset(num_samples={s['n_train'] + s['n_test']}, num_nodes={s['nodes']}, "
-                 f"features={s['features']}, seed=0), first {s['n_train']} samples train, last {s['n_test']} test")
+    table = markdown_table(
+        rows,
+        [
+            ("model", lambda r: r["label"]),
+            ("test NLL (nats/dim)", lambda r: mean_std(r, "test_nll", 4)),
+            ("train NLL, last 10% of steps", lambda r: mean_std(r, "train_nll", 4)),
+            ("ms / step", lambda r: mean_std(r, "ms_per_step", 1)),
+            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+            ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+        ],
+    )
+    data_text = (
+        f"make_graph_dataset(num_samples={s['n_train'] + s['n_test']}, num_nodes={s['nodes']}, "
+        f"features={s['features']}, seed=0), first {s['n_train']} samples train, last {s['n_test']} test"
+    )
     protocol = __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: {s}; data: {data_text}."
-    info = {"title": TITLE, "command": command, "scale": scale, "seeds": seeds, **environment(device),
-            "protocol": protocol, "settings": s, "data": data_text, "budget": budget}
+    info = {
+        "title": TITLE,
+        "command": command,
+        "scale": scale,
+        "seeds": seeds,
+        **environment(device),
+        "protocol": protocol,
+        "settings": s,
+        "data": data_text,
+        "budget": budget,
+    }
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)
-        ax1.bar([r["label"] for r in rows], [r["test_nll_mean"] for r in rows],
-                yerr=[r["test_nll_std"] for r in rows], capsize=3)
+        ax1.bar(
+            [r["label"] for r in rows],
+            [r["test_nll_mean"] for r in rows],
+            yerr=[r["test_nll_std"] for r in rows],
+            capsize=3,
+        )
         ax1.set_ylabel("test NLL, nats per node feature (lower is better)")
         for arm in ARMS:
             nll = [r["test_nll"] for r in records if r["arm"] == arm.name]

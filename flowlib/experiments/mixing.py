@@ -52,15 +52,33 @@ MIXINGS = ("conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodb
 PAPER_ARMS = ("conv1x1", "emerging", "woodbury")  # the baselines of the paper's table
 
 SCALES = {
-    "ci": dict(preset="tiny", knob="hidden_channels", base=16, n_test=0, sample_n=16,
-               model=dict(image_shape=(3, 8, 8), n_subflows=2, dequant="uniform"),
-               train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6)),
-    "gpu-small": dict(preset="small-mixing", knob="densenet_growth", base=32, n_test=2000, sample_n=64,
-                      model=dict(image_shape=(3, 32, 32)),
-                      train=dict(steps=400, batch_size=64, log_every=50, eval_every=10**6, save_every=200)),
-    "paper": dict(preset="paper-mixing", knob="densenet_growth", base=63, n_test=10000, sample_n=256,
-                  model=dict(image_shape=(3, 32, 32)),
-                  train=dict(steps=195_000, batch_size=256, iw_samples=1000)),
+    "ci": dict(
+        preset="tiny",
+        knob="hidden_channels",
+        base=16,
+        n_test=0,
+        sample_n=16,
+        model=dict(image_shape=(3, 8, 8), n_subflows=2, dequant="uniform"),
+        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
+    ),
+    "gpu-small": dict(
+        preset="small-mixing",
+        knob="densenet_growth",
+        base=32,
+        n_test=2000,
+        sample_n=64,
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=400, batch_size=64, log_every=50, eval_every=10**6, save_every=200),
+    ),
+    "paper": dict(
+        preset="paper-mixing",
+        knob="densenet_growth",
+        base=63,
+        n_test=10000,
+        sample_n=256,
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
+    ),
 }
 
 
@@ -68,22 +86,35 @@ def _arms() -> list[Arm]:
     return [Arm(m, m, {"mixing": m}) for m in MIXINGS]
 
 
-def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None,
-        quiet: bool = False) -> dict[str, Path]:
+def run(
+    scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None, quiet: bool = False
+) -> dict[str, Path]:
     """Run (or resume) every mixing arm for ``seeds`` seeds; write ``out/mixing-<scale>.*``."""
     s = SCALES[scale]
     arms = _arms()
     data, data_text = image_data(scale, data_dir, runs.parent, s["n_test"])
-    budget, models = image_budget(arms, s["preset"], lambda a: {**s["model"], "mixing": a.settings["mixing"]},
-                                  lambda a: s["knob"], lambda a: s["base"])
+    budget, models = image_budget(
+        arms,
+        s["preset"],
+        lambda a: {**s["model"], "mixing": a.settings["mixing"]},
+        lambda a: s["knob"],
+        lambda a: s["base"],
+    )
     train = {**s["train"], **data}
 
     def one(arm: Arm, seed: int, run_dir: Path) -> dict:
         return image_run(s["preset"], models[arm.name], train, seed, run_dir, device, s["sample_n"])
 
-    records = run_grid(arms, seeds, runs, one,
-                       lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name], train=s["train"]),
-                       device, f"mixing {scale}", log_line(quiet))
+    records = run_grid(
+        arms,
+        seeds,
+        runs,
+        one,
+        lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name], train=s["train"]),
+        device,
+        f"mixing {scale}",
+        log_line(quiet),
+    )
     metrics = ["test_bpd", "train_bpd", "train_images_per_s", "sample_images_per_s", "params"]
     rows = aggregate(records, arms, metrics)
     by = {r["arm"]: r for r in rows}
@@ -94,30 +125,51 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
     notes.append("Ranking by mean test bpd (best first): " + ", ".join(r["arm"] for r in ranking) + ".")
     wins = [diff_note(by, "test_bpd", "convexp", b) for b in PAPER_ARMS]
     if all(w for w, _ in wins):
-        notes.append("Agrees with the paper: convexp has a lower mean test bpd than 1x1, emerging and Woodbury ("
-                     + "; ".join(t for _, t in wins) + ").")
+        notes.append(
+            "Agrees with the paper: convexp has a lower mean test bpd than 1x1, emerging and Woodbury ("
+            + "; ".join(t for _, t in wins)
+            + ")."
+        )
     else:
         lost = [t for w, t in wins if not w]
         notes.append("DISAGREES with the paper (convexp best among 1x1, emerging, Woodbury): " + "; ".join(lost) + ".")
     diverged = [r["arm"] for r in rows if r.get("diverged_frac", 0) > 0]
     if diverged:
-        notes.append("Runs that diverged (left out of the means): " + ", ".join(
-            f"{by[a]['label']} {by[a]['diverged_frac']:.0%}" for a in diverged) + ".")
+        notes.append(
+            "Runs that diverged (left out of the means): "
+            + ", ".join(f"{by[a]['label']} {by[a]['diverged_frac']:.0%}" for a in diverged)
+            + "."
+        )
 
-    table = markdown_table(rows, [
-        ("mixing", lambda r: r["label"]),
-        ("test bpd", lambda r: mean_std(r, "test_bpd", 4)),
-        ("train bpd (last log interval)", lambda r: mean_std(r, "train_bpd", 4)),
-        ("train images/s", lambda r: mean_std(r, "train_images_per_s", 0)),
-        ("sampling images/s", lambda r: mean_std(r, "sample_images_per_s", 0)),
-        ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
-        ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
-    ])
-    protocol = (__doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
-                f"training settings {s['train']}; model overrides {s['model']}.")
-    info = {"title": TITLE, "command": command, "scale": scale, "seeds": seeds, **environment(device),
-            "protocol": protocol, "preset": s["preset"], "model_overrides": s["model"], "train": s["train"],
-            "data": data_text, "budget": budget}
+    table = markdown_table(
+        rows,
+        [
+            ("mixing", lambda r: r["label"]),
+            ("test bpd", lambda r: mean_std(r, "test_bpd", 4)),
+            ("train bpd (last log interval)", lambda r: mean_std(r, "train_bpd", 4)),
+            ("train images/s", lambda r: mean_std(r, "train_images_per_s", 0)),
+            ("sampling images/s", lambda r: mean_std(r, "sample_images_per_s", 0)),
+            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+            ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+        ],
+    )
+    protocol = (
+        __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
+        f"training settings {s['train']}; model overrides {s['model']}."
+    )
+    info = {
+        "title": TITLE,
+        "command": command,
+        "scale": scale,
+        "seeds": seeds,
+        **environment(device),
+        "protocol": protocol,
+        "preset": s["preset"],
+        "model_overrides": s["model"],
+        "train": s["train"],
+        "data": data_text,
+        "budget": budget,
+    }
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)

@@ -51,31 +51,43 @@ MODEL_TYPES = ("sylvester", "residual", "coupling")
 DEQUANTS = ("uniform", "flow")
 
 SCALES = {
-    "ci": dict(preset="tiny", n_test=0, sample_n=16,
-               widths={"residual": "hidden_channels", "coupling": "hidden_channels"},
-               base={"hidden_channels": 16},
-               model=dict(image_shape=(3, 8, 8), n_subflows=2, mixing="none", hidden_channels=16),
-               train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6)),
-    "gpu-small": dict(preset="small-sylvester", n_test=2000, sample_n=64,
-                      widths={"residual": "hidden_channels", "coupling": "densenet_growth"},
-                      base={"hidden_channels": 128, "densenet_growth": 32},
-                      model=dict(image_shape=(3, 32, 32)),
-                      train=dict(steps=200, batch_size=64, log_every=50, eval_every=10**6, save_every=100)),
-    "paper": dict(preset="paper-sylvester", n_test=10000, sample_n=256,
-                  widths={"residual": "hidden_channels", "coupling": "densenet_growth"},
-                  base={"hidden_channels": 528, "densenet_growth": 64},
-                  model=dict(image_shape=(3, 32, 32)),
-                  train=dict(steps=195_000, batch_size=256, iw_samples=1000)),
+    "ci": dict(
+        preset="tiny",
+        n_test=0,
+        sample_n=16,
+        widths={"residual": "hidden_channels", "coupling": "hidden_channels"},
+        base={"hidden_channels": 16},
+        model=dict(image_shape=(3, 8, 8), n_subflows=2, mixing="none", hidden_channels=16),
+        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
+    ),
+    "gpu-small": dict(
+        preset="small-sylvester",
+        n_test=2000,
+        sample_n=64,
+        widths={"residual": "hidden_channels", "coupling": "densenet_growth"},
+        base={"hidden_channels": 128, "densenet_growth": 32},
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=200, batch_size=64, log_every=50, eval_every=10**6, save_every=100),
+    ),
+    "paper": dict(
+        preset="paper-sylvester",
+        n_test=10000,
+        sample_n=256,
+        widths={"residual": "hidden_channels", "coupling": "densenet_growth"},
+        base={"hidden_channels": 528, "densenet_growth": 64},
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
+    ),
 }
 
 
 def _arms(dequant: str) -> list[Arm]:
-    return [Arm(f"{m}-{dequant}", f"{m} ({dequant} deq.)", {"model_type": m, "dequant": dequant})
-            for m in MODEL_TYPES]
+    return [Arm(f"{m}-{dequant}", f"{m} ({dequant} deq.)", {"model_type": m, "dequant": dequant}) for m in MODEL_TYPES]
 
 
-def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None,
-        quiet: bool = False) -> dict[str, Path]:
+def run(
+    scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None, quiet: bool = False
+) -> dict[str, Path]:
     """Run (or resume) the six arms for ``seeds`` seeds; write ``out/residual-<scale>.*``."""
     s = SCALES[scale]
     data, data_text = image_data(scale, data_dir, runs.parent, s["n_test"])
@@ -86,8 +98,13 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
 
     for dq in DEQUANTS:  # budgets are matched within each dequantization (its flow adds the same to all)
         group = _arms(dq)
-        budgets[dq], matched = image_budget(group, s["preset"], lambda a: {**s["model"], **a.settings}, knob,
-                                            lambda a: s["base"][knob(a)] if knob(a) else 0)
+        budgets[dq], matched = image_budget(
+            group,
+            s["preset"],
+            lambda a: {**s["model"], **a.settings},
+            knob,
+            lambda a: s["base"][knob(a)] if knob(a) else 0,
+        )
         arms += group
         models.update(matched)
     train = {**s["train"], **data}
@@ -95,9 +112,16 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
     def one(arm: Arm, seed: int, run_dir: Path) -> dict:
         return image_run(s["preset"], models[arm.name], train, seed, run_dir, device, s["sample_n"])
 
-    records = run_grid(arms, seeds, runs, one,
-                       lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name], train=s["train"]),
-                       device, f"residual {scale}", log_line(quiet))
+    records = run_grid(
+        arms,
+        seeds,
+        runs,
+        one,
+        lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name], train=s["train"]),
+        device,
+        f"residual {scale}",
+        log_line(quiet),
+    )
     metrics = ["test_bpd", "test_bpd_iw", "train_bpd", "train_images_per_s", "params"]
     rows = aggregate(records, arms, metrics)
     by = {r["arm"]: r for r in rows}
@@ -105,28 +129,49 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
     notes = [SCALE_CAVEAT[scale]]
     for dq in DEQUANTS:
         ok, text = diff_note(by, "test_bpd", f"sylvester-{dq}", f"residual-{dq}")
-        notes.append(("Agrees with the paper" if ok else "DISAGREES with the paper (Sylvester below residual)")
-                     + f", {dq} dequantization: {text}.")
+        notes.append(
+            ("Agrees with the paper" if ok else "DISAGREES with the paper (Sylvester below residual)")
+            + f", {dq} dequantization: {text}."
+        )
         _, text = diff_note(by, "test_bpd", f"sylvester-{dq}", f"coupling-{dq}")
         notes.append(f"For reference, Sylvester vs coupling baseline ({dq}): {text}.")
     diverged = [r for r in rows if r.get("diverged_frac", 0) > 0]
     if diverged:
-        notes.append("Runs that diverged (left out of the means): "
-                     + ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged) + ".")
+        notes.append(
+            "Runs that diverged (left out of the means): "
+            + ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged)
+            + "."
+        )
 
-    table = markdown_table(rows, [
-        ("model", lambda r: r["model_type"]), ("dequantization", lambda r: r["dequant"]),
-        ("test bpd", lambda r: mean_std(r, "test_bpd", 4)),
-        ("test bpd (importance-weighted)", lambda r: mean_std(r, "test_bpd_iw", 4)),
-        ("train images/s", lambda r: mean_std(r, "train_images_per_s", 0)),
-        ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
-        ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
-    ])
-    protocol = (__doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
-                f"training settings {s['train']}; model overrides {s['model']}.")
-    info = {"title": TITLE, "command": command, "scale": scale, "seeds": seeds, **environment(device),
-            "protocol": protocol, "preset": s["preset"], "model_overrides": s["model"], "train": s["train"],
-            "data": data_text, "budget": budgets}
+    table = markdown_table(
+        rows,
+        [
+            ("model", lambda r: r["model_type"]),
+            ("dequantization", lambda r: r["dequant"]),
+            ("test bpd", lambda r: mean_std(r, "test_bpd", 4)),
+            ("test bpd (importance-weighted)", lambda r: mean_std(r, "test_bpd_iw", 4)),
+            ("train images/s", lambda r: mean_std(r, "train_images_per_s", 0)),
+            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+            ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+        ],
+    )
+    protocol = (
+        __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
+        f"training settings {s['train']}; model overrides {s['model']}."
+    )
+    info = {
+        "title": TITLE,
+        "command": command,
+        "scale": scale,
+        "seeds": seeds,
+        **environment(device),
+        "protocol": protocol,
+        "preset": s["preset"],
+        "model_overrides": s["model"],
+        "train": s["train"],
+        "data": data_text,
+        "budget": budgets,
+    }
 
     def plot(fig):
         ax = fig.subplots()
@@ -134,16 +179,29 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
         for k, dq in enumerate(DEQUANTS):
             sub = [by[f"{m}-{dq}"] for m in MODEL_TYPES]
             xs = [i + (k - 0.5) * width for i in range(len(MODEL_TYPES))]
-            ax.bar(xs, [r["test_bpd_mean"] for r in sub], width, yerr=[r["test_bpd_std"] for r in sub],
-                   capsize=3, label=f"{dq} dequantization")
+            ax.bar(
+                xs,
+                [r["test_bpd_mean"] for r in sub],
+                width,
+                yerr=[r["test_bpd_std"] for r in sub],
+                capsize=3,
+                label=f"{dq} dequantization",
+            )
         ax.set_xticks(range(len(MODEL_TYPES)), MODEL_TYPES)
         ax.set_ylabel("test bits/dim (lower is better)")
         ax.legend()
         ax.set_title(f"{TITLE} ({scale}, {seeds} seeds, mean ± std)")
 
     labels = {a.name: a.label for a in arms}
-    body = "## Results\n\n" + table + "\n\n" + "\n\n".join(
-        budget_markdown(budgets[dq], labels).replace("## Parameter budget",
-                                                     f"## Parameter budget ({dq} dequantization)")
-        for dq in DEQUANTS)
+    body = (
+        "## Results\n\n"
+        + table
+        + "\n\n"
+        + "\n\n".join(
+            budget_markdown(budgets[dq], labels).replace(
+                "## Parameter budget", f"## Parameter budget ({dq} dequantization)"
+            )
+            for dq in DEQUANTS
+        )
+    )
     return write_results(out, "residual", scale, info, rows, records, body, notes, plot)

@@ -55,24 +55,56 @@ COUPLINGS = ("affine", "exp")
 CONV1X1 = ("conv1x1", "conv1x1_lu", "conv1x1_exp")
 
 SCALES = {
-    "ci": dict(preset="tiny", knob="hidden_channels", base=16, n_test=0, sample_n=16, lrs=(1e-3, 1e-2, 1e-1),
-               lr_b=1e-2, model=dict(image_shape=(3, 8, 8), n_subflows=2, dequant="uniform"),
-               train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6)),
-    "gpu-small": dict(preset="small-mixing", knob="densenet_growth", base=32, n_test=2000, sample_n=64,
-                      lrs=(1e-3, 3e-3, 1e-2, 3e-2), lr_b=1e-2, model=dict(image_shape=(3, 32, 32)),
-                      train=dict(steps=150, batch_size=64, log_every=50, eval_every=10**6, save_every=150)),
-    "paper": dict(preset="paper-mixing", knob="densenet_growth", base=64, n_test=10000, sample_n=256,
-                  lrs=(1e-3, 2e-3, 5e-3), lr_b=2e-3, model=dict(image_shape=(3, 32, 32)),
-                  train=dict(steps=195_000, batch_size=256, iw_samples=1000)),
+    "ci": dict(
+        preset="tiny",
+        knob="hidden_channels",
+        base=16,
+        n_test=0,
+        sample_n=16,
+        lrs=(1e-3, 1e-2, 1e-1),
+        lr_b=1e-2,
+        model=dict(image_shape=(3, 8, 8), n_subflows=2, dequant="uniform"),
+        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
+    ),
+    "gpu-small": dict(
+        preset="small-mixing",
+        knob="densenet_growth",
+        base=32,
+        n_test=2000,
+        sample_n=64,
+        lrs=(1e-3, 3e-3, 1e-2, 3e-2),
+        lr_b=1e-2,
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=150, batch_size=64, log_every=50, eval_every=10**6, save_every=150),
+    ),
+    "paper": dict(
+        preset="paper-mixing",
+        knob="densenet_growth",
+        base=64,
+        n_test=10000,
+        sample_n=256,
+        lrs=(1e-3, 2e-3, 5e-3),
+        lr_b=2e-3,
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
+    ),
 }
 
 
 def _arms(s: dict) -> tuple[list[Arm], list[Arm]]:
-    part_a = [Arm(f"{c}-lr{lr:g}", f"{c} coupling, lr {lr:g}", {"part": "A", "coupling": c, "mixing": "conv1x1",
-                                                                  "lr": lr})
-              for c in COUPLINGS for lr in s["lrs"]]
-    part_b = [Arm(f"{m}-lr{s['lr_b']:g}", f"{m}, lr {s['lr_b']:g}",
-                  {"part": "B", "coupling": "affine", "mixing": m, "lr": s["lr_b"]}) for m in CONV1X1]
+    part_a = [
+        Arm(f"{c}-lr{lr:g}", f"{c} coupling, lr {lr:g}", {"part": "A", "coupling": c, "mixing": "conv1x1", "lr": lr})
+        for c in COUPLINGS
+        for lr in s["lrs"]
+    ]
+    part_b = [
+        Arm(
+            f"{m}-lr{s['lr_b']:g}",
+            f"{m}, lr {s['lr_b']:g}",
+            {"part": "B", "coupling": "affine", "mixing": m, "lr": s["lr_b"]},
+        )
+        for m in CONV1X1
+    ]
     return part_a, part_b
 
 
@@ -105,14 +137,17 @@ def _conv_notes(by: dict, lr_b: float) -> list[str]:
     else:
         head = "Agrees with the paper: conv1x1_exp never collapsed while another variant did"
     notes = [f"{head} (collapsed runs at lr {lr_b:g}: {listing})."]
-    ranking = sorted((by[f"{m}-lr{lr_b:g}"] for m in CONV1X1 if by[f"{m}-lr{lr_b:g}"]["test_bpd_n"]),
-                     key=lambda r: r["test_bpd_mean"])
+    ranking = sorted(
+        (by[f"{m}-lr{lr_b:g}"] for m in CONV1X1 if by[f"{m}-lr{lr_b:g}"]["test_bpd_n"]),
+        key=lambda r: r["test_bpd_mean"],
+    )
     notes.append("1x1 variants by mean test bpd (best first): " + ", ".join(r["mixing"] for r in ranking) + ".")
     return notes
 
 
-def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None,
-        quiet: bool = False) -> dict[str, Path]:
+def run(
+    scale: str, seeds: int, out: Path, runs: Path, device: str, command: str, data_dir=None, quiet: bool = False
+) -> dict[str, Path]:
     """Run (or resume) parts A and B for ``seeds`` seeds; write ``out/stability-<scale>.*``."""
     s = SCALES[scale]
     part_a, part_b = _arms(s)
@@ -120,9 +155,12 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
     budgets, models = {}, {}
     for part, arms in (("A", part_a), ("B", part_b)):
         budgets[part], matched = image_budget(
-            arms, s["preset"],
+            arms,
+            s["preset"],
             lambda a: {**s["model"], "coupling": a.settings["coupling"], "mixing": a.settings["mixing"]},
-            lambda a: s["knob"], lambda a: s["base"])
+            lambda a: s["knob"],
+            lambda a: s["base"],
+        )
         models.update(matched)
     arms = part_a + part_b
 
@@ -130,42 +168,88 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
         train = {**s["train"], **data, "lr": arm.settings["lr"]}
         return image_run(s["preset"], models[arm.name], train, seed, run_dir, device, s["sample_n"])
 
-    records = run_grid(arms, seeds, runs, one,
-                       lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name],
-                                               train={**s["train"], "lr": a.settings["lr"]}),
-                       device, f"stability {scale}", log_line(quiet))
+    records = run_grid(
+        arms,
+        seeds,
+        runs,
+        one,
+        lambda a, seed: spec_of(
+            data, preset=s["preset"], model=models[a.name], train={**s["train"], "lr": a.settings["lr"]}
+        ),
+        device,
+        f"stability {scale}",
+        log_line(quiet),
+    )
     metrics = ["test_bpd", "train_bpd", "ms_per_step", "epoch_s", "params"]
     rows = aggregate(records, arms, metrics)
     by = {r["arm"]: r for r in rows}
     notes = [SCALE_CAVEAT[scale], *_coupling_notes(by, s["lrs"]), *_conv_notes(by, s["lr_b"])]
 
-    common_cols = [("test bpd (non-diverged)", lambda r: mean_std(r, "test_bpd", 4)),
-                   ("diverged", lambda r: f"{r['diverged_frac']:.0%}")]
-    table_a = markdown_table([by[a.name] for a in part_a], [
-        ("coupling", lambda r: r["coupling"]), ("learning rate", lambda r: f"{r['lr']:g}"), *common_cols,
-        ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—")])
-    table_b = markdown_table([by[a.name] for a in part_b], [
-        ("1x1 convolution", lambda r: r["mixing"]), ("learning rate", lambda r: f"{r['lr']:g}"), *common_cols,
-        ("ms / step", lambda r: mean_std(r, "ms_per_step", 1)), ("s / epoch", lambda r: mean_std(r, "epoch_s", 1)),
-        ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—")])
+    common_cols = [
+        ("test bpd (non-diverged)", lambda r: mean_std(r, "test_bpd", 4)),
+        ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+    ]
+    table_a = markdown_table(
+        [by[a.name] for a in part_a],
+        [
+            ("coupling", lambda r: r["coupling"]),
+            ("learning rate", lambda r: f"{r['lr']:g}"),
+            *common_cols,
+            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+        ],
+    )
+    table_b = markdown_table(
+        [by[a.name] for a in part_b],
+        [
+            ("1x1 convolution", lambda r: r["mixing"]),
+            ("learning rate", lambda r: f"{r['lr']:g}"),
+            *common_cols,
+            ("ms / step", lambda r: mean_std(r, "ms_per_step", 1)),
+            ("s / epoch", lambda r: mean_std(r, "epoch_s", 1)),
+            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+        ],
+    )
     labels = {a.name: a.label for a in arms}
-    body = (f"## Part A: coupling vs learning rate\n\n{table_a}\n\n## Part B: 1x1 convolutions\n\n{table_b}\n\n"
-            + "\n\n".join(budget_markdown(budgets[part], labels).replace("## Parameter budget",
-                                                                          f"## Parameter budget (part {part})")
-                          for part in ("A", "B")))
-    protocol = (__doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
-                f"training settings {s['train']}; model overrides {s['model']}.")
-    info = {"title": TITLE, "command": command, "scale": scale, "seeds": seeds, **environment(device),
-            "protocol": protocol, "preset": s["preset"], "model_overrides": s["model"], "train": s["train"],
-            "learning_rates": list(s["lrs"]), "lr_part_b": s["lr_b"], "data": data_text, "budget": budgets}
+    body = (
+        f"## Part A: coupling vs learning rate\n\n{table_a}\n\n## Part B: 1x1 convolutions\n\n{table_b}\n\n"
+        + "\n\n".join(
+            budget_markdown(budgets[part], labels).replace("## Parameter budget", f"## Parameter budget (part {part})")
+            for part in ("A", "B")
+        )
+    )
+    protocol = (
+        __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
+        f"training settings {s['train']}; model overrides {s['model']}."
+    )
+    info = {
+        "title": TITLE,
+        "command": command,
+        "scale": scale,
+        "seeds": seeds,
+        **environment(device),
+        "protocol": protocol,
+        "preset": s["preset"],
+        "model_overrides": s["model"],
+        "train": s["train"],
+        "learning_rates": list(s["lrs"]),
+        "lr_part_b": s["lr_b"],
+        "data": data_text,
+        "budget": budgets,
+    }
 
     def plot(fig):
         ax1, ax2, ax3 = fig.subplots(1, 3)
         for c in COUPLINGS:
             sub = [by[f"{c}-lr{lr:g}"] for lr in s["lrs"]]
             ax1.plot(s["lrs"], [r["diverged_frac"] for r in sub], "o-", label=f"{c} coupling")
-            ax2.errorbar(s["lrs"], [r["test_bpd_mean"] for r in sub], yerr=[r["test_bpd_std"] for r in sub],
-                         fmt="o-", capsize=3, label=f"{c} coupling")
+            ax2.errorbar(
+                s["lrs"],
+                [r["test_bpd_mean"] for r in sub],
+                yerr=[r["test_bpd_std"] for r in sub],
+                fmt="o-",
+                capsize=3,
+                label=f"{c} coupling",
+            )
         for ax in (ax1, ax2):
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
@@ -174,12 +258,21 @@ def run(scale: str, seeds: int, out: Path, runs: Path, device: str, command: str
         ax1.set_ylim(-0.05, 1.05)
         ax2.set_ylabel("test bits/dim (non-diverged)")
         sub = [by[a.name] for a in part_b]
-        ax3.bar([r["mixing"] for r in sub], [r["test_bpd_mean"] for r in sub],
-                yerr=[r["test_bpd_std"] for r in sub], capsize=3)
+        ax3.bar(
+            [r["mixing"] for r in sub],
+            [r["test_bpd_mean"] for r in sub],
+            yerr=[r["test_bpd_std"] for r in sub],
+            capsize=3,
+        )
         for i, r in enumerate(sub):
-            ax3.annotate(f"{fmt(r['ms_per_step_mean'], 1)} ms/step\n{r['diverged_frac']:.0%} collapsed",
-                         (i, r["test_bpd_mean"] if r["test_bpd_n"] else 0), ha="center", fontsize=6,
-                         xytext=(0, 4), textcoords="offset points")
+            ax3.annotate(
+                f"{fmt(r['ms_per_step_mean'], 1)} ms/step\n{r['diverged_frac']:.0%} collapsed",
+                (i, r["test_bpd_mean"] if r["test_bpd_n"] else 0),
+                ha="center",
+                fontsize=6,
+                xytext=(0, 4),
+                textcoords="offset points",
+            )
         ax3.set_ylabel(f"test bits/dim at lr {s['lr_b']:g}")
         ax3.tick_params(axis="x", rotation=30)
         fig.suptitle(f"{TITLE} ({scale}, {seeds} seeds)")

@@ -82,8 +82,15 @@ class ConvExp(Flow):
         init_scale: standard deviation of the initial kernel entries.
     """
 
-    def __init__(self, shape, kernel_size: int = 3, rho: float = RHO, train_tol: float = TRAIN_TOL,
-                 eval_tol: float = EVAL_TOL, init_scale: float = 0.05):
+    def __init__(
+        self,
+        shape,
+        kernel_size: int = 3,
+        rho: float = RHO,
+        train_tol: float = TRAIN_TOL,
+        eval_tol: float = EVAL_TOL,
+        init_scale: float = 0.05,
+    ):
         super().__init__(shape)
         if len(shape) != 3 or shape[0] is None:
             raise ValueError(f"convexp needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
@@ -166,8 +173,15 @@ class GraphConvExp(Flow):
         init_scale: standard deviation of the initial weight entries.
     """
 
-    def __init__(self, shape, adjacency: Tensor | None = None, rho: float = RHO, train_tol: float = TRAIN_TOL,
-                 eval_tol: float = EVAL_TOL, init_scale: float = 0.1):
+    def __init__(
+        self,
+        shape,
+        adjacency: Tensor | None = None,
+        rho: float = RHO,
+        train_tol: float = TRAIN_TOL,
+        eval_tol: float = EVAL_TOL,
+        init_scale: float = 0.1,
+    ):
         super().__init__(shape)
         if any(s is None for s in shape) or len(shape) not in (2, 3):
             raise ValueError(

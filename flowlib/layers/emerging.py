@@ -111,6 +111,6 @@ class Emerging(Flow):
         x_pad = y.new_zeros(B, H + 2 * r, W + 2 * r, C)  # channels last: a patch is contiguous per row
         for h in range(H):
             for w in range(W):
-                patch = x_pad[:, h:h + k, w:w + k, :].reshape(B, k * k * C)  # [B, k*k*C] (copy)
+                patch = x_pad[:, h : h + k, w : w + k, :].reshape(B, k * k * C)  # [B, k*k*C] (copy)
                 x_pad[:, h + r, w + r, :] = z[:, h, w, :] - patch @ M
-        return x_pad[:, r:r + H, r:r + W, :].permute(0, 3, 1, 2).contiguous()  # [B, C, H, W]
+        return x_pad[:, r : r + H, r : r + W, :].permute(0, 3, 1, 2).contiguous()  # [B, C, H, W]

@@ -31,10 +31,12 @@ def circular_kernel_spectrum(kernel: Tensor, H: int, W: int) -> Tensor:
     rw = torch.arange(kw, dtype=kernel.dtype, device=kernel.device) - kw // 2
     u = torch.arange(H, dtype=kernel.dtype, device=kernel.device)
     v = torch.arange(W, dtype=kernel.dtype, device=kernel.device)
-    phase_h = torch.polar(torch.ones(kh, H, dtype=kernel.dtype, device=kernel.device),
-                          2 * math.pi * rh[:, None] * u[None, :] / H)  # [k, H]
-    phase_w = torch.polar(torch.ones(kw, W, dtype=kernel.dtype, device=kernel.device),
-                          2 * math.pi * rw[:, None] * v[None, :] / W)  # [k, W]
+    phase_h = torch.polar(
+        torch.ones(kh, H, dtype=kernel.dtype, device=kernel.device), 2 * math.pi * rh[:, None] * u[None, :] / H
+    )  # [k, H]
+    phase_w = torch.polar(
+        torch.ones(kw, W, dtype=kernel.dtype, device=kernel.device), 2 * math.pi * rw[:, None] * v[None, :] / W
+    )  # [k, W]
     return torch.einsum("ijab,au,bv->uvij", kernel.to(ctype), phase_h, phase_w)  # [H, W, C, C]
 
 

@@ -113,9 +113,18 @@ class ResidualFlow(Flow):
         tol, max_iter: inverse (``tol`` default ``1e-12`` in float64, ``1e-6`` otherwise; ``max_iter`` 500).
     """
 
-    def __init__(self, shape, hidden: int = 32, lipschitz: float = 0.9, n_exact: int = 2,
-                 roulette_p: float | None = None, exact_max_dim: int = 1024, eval_probes: int = 4,
-                 tol: float | None = None, max_iter: int = 500):
+    def __init__(
+        self,
+        shape,
+        hidden: int = 32,
+        lipschitz: float = 0.9,
+        n_exact: int = 2,
+        roulette_p: float | None = None,
+        exact_max_dim: int = 1024,
+        eval_probes: int = 4,
+        tol: float | None = None,
+        max_iter: int = 500,
+    ):
         super().__init__(shape)
         if len(shape) != 3 or shape[0] is None:
             raise ValueError(f"residual needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
@@ -175,8 +184,9 @@ class ResidualFlow(Flow):
     def _exact(self, gx: Tensor, x: Tensor, create_graph: bool) -> Tensor:
         B, D = x.shape[0], x[0].numel()
         basis = torch.eye(D, dtype=x.dtype, device=x.device).reshape(D, 1, *x.shape[1:]).expand(D, *x.shape)
-        (rows,) = torch.autograd.grad(gx, x, basis, create_graph=create_graph, retain_graph=True,
-                                      is_grads_batched=True)  # [D, B, C, H, W]: row i of each J_b
+        (rows,) = torch.autograd.grad(
+            gx, x, basis, create_graph=create_graph, retain_graph=True, is_grads_batched=True
+        )  # [D, B, C, H, W]: row i of each J_b
         jac = rows.reshape(D, B, D).transpose(0, 1)  # [B, D, D]
         return torch.linalg.slogdet(jac + torch.eye(D, dtype=x.dtype, device=x.device)).logabsdet
 

@@ -124,9 +124,18 @@ class ConvSylvester(Flow):
             close to the element-wise ``d2 tanh(d1 u)``).
     """
 
-    def __init__(self, shape, hidden: int | None = None, kernel_size: int = 3, rho: float = RHO,
-                 train_tol: float = TRAIN_TOL, eval_tol: float = EVAL_TOL, tol: float | None = None,
-                 max_iter: int = 100, init_scale: float = 0.05):
+    def __init__(
+        self,
+        shape,
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        rho: float = RHO,
+        train_tol: float = TRAIN_TOL,
+        eval_tol: float = EVAL_TOL,
+        tol: float | None = None,
+        max_iter: int = 100,
+        init_scale: float = 0.05,
+    ):
         super().__init__(shape)
         if len(shape) != 3 or shape[0] is None:
             raise ValueError(f"sylvester needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
@@ -145,7 +154,7 @@ class ConvSylvester(Flow):
         self.register_buffer("mask3", autoregressive_mask(units, heads, k, strict=True))  # [2C, hidden, k, k]
         self.k1 = nn.Parameter(torch.randn(hidden, C, k, k) / (C * k * k) ** 0.5)
         self.b1 = nn.Parameter(torch.zeros(hidden))
-        self.k2 = nn.Parameter(torch.randn(hidden, hidden, 1, 1) / hidden ** 0.5)
+        self.k2 = nn.Parameter(torch.randn(hidden, hidden, 1, 1) / hidden**0.5)
         self.b2 = nn.Parameter(torch.zeros(hidden))
         self.k3 = nn.Parameter(init_scale * torch.randn(2 * C, hidden, k, k) / (hidden * k * k) ** 0.5)
         self.b3 = nn.Parameter(torch.zeros(2 * C))
@@ -159,8 +168,13 @@ class ConvSylvester(Flow):
 
     def _weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Masked kernels ``K1, K2, K3`` and the diagonal factors ``d1, d2`` ``[C]``."""
-        return (self.k1 * self.mask1, self.k2 * self.mask2, self.k3 * self.mask3,
-                torch.tanh(self.a1), torch.tanh(self.a2))
+        return (
+            self.k1 * self.mask1,
+            self.k2 * self.mask2,
+            self.k3 * self.mask3,
+            torch.tanh(self.a1),
+            torch.tanh(self.a2),
+        )
 
     def _f(self, u: Tensor, weights) -> tuple[Tensor, Tensor]:
         """``f(u)`` and the diagonal of ``I + J_f(u)`` (both ``[B, C, H, W]``)."""

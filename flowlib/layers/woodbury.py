@@ -54,18 +54,21 @@ class Woodbury(Flow):
     NeurIPS 2020. Taught in notebook 03 (invertible convolutions).
     """
 
-    def __init__(self, shape, channel_rank: int | None = None, spatial_rank: int | None = None,
-                 init_scale: float = 0.05):
+    def __init__(
+        self, shape, channel_rank: int | None = None, spatial_rank: int | None = None, init_scale: float = 0.05
+    ):
         super().__init__(shape)
         if len(shape) != 3 or any(s is None for s in shape):
-            raise ValueError(f"woodbury needs a fixed shape=(C, H, W) (its spatial factors are [H*W, d]), "
-                             f"got shape={tuple(shape)}")
+            raise ValueError(
+                f"woodbury needs a fixed shape=(C, H, W) (its spatial factors are [H*W, d]), got shape={tuple(shape)}"
+            )
         C, N = int(shape[0]), int(shape[1]) * int(shape[2])
         d_c = min(C, 8) if channel_rank is None else channel_rank
         d_s = min(N, 16) if spatial_rank is None else spatial_rank
         if not (1 <= d_c <= C and 1 <= d_s <= N):
-            raise ValueError(f"woodbury needs 1 <= channel_rank <= C={C} and 1 <= spatial_rank <= H*W={N}, "
-                             f"got {d_c} and {d_s}")
+            raise ValueError(
+                f"woodbury needs 1 <= channel_rank <= C={C} and 1 <= spatial_rank <= H*W={N}, got {d_c} and {d_s}"
+            )
         self.Uc = nn.Parameter(init_scale * torch.randn(C, d_c) / math.sqrt(d_c))
         self.Vc = nn.Parameter(init_scale * torch.randn(d_c, C) / math.sqrt(C))
         self.Us = nn.Parameter(init_scale * torch.randn(N, d_s) / math.sqrt(d_s))
