@@ -107,7 +107,8 @@ def check_periodic_inverse(fn) -> Feedback:
                         torch.fft.ifft2(y_hat * K).real,
                     ),
                     (
-                        "the kernel is not centred: placing it at the corner of an H x W array shifts the result by r = k//2 "
+                        "the kernel is not centred: placing it at the corner of an H x W array shifts the result "
+                        "by r = k//2 "
                         "pixels; roll it so that its centre tap sits at index (0, 0) (torch.roll by -r)",
                         torch.fft.ifft2(y_hat / _uncentred_spectrum(kernel, H, W)).real,
                     ),
@@ -146,7 +147,8 @@ def check_periodic_logdet(fn) -> Feedback:
                 torch.log(K.abs()).sum(),
                 [
                     (
-                        "you summed over the rfft2 frequencies only (about half of them); the determinant is the product "
+                        "you summed over the rfft2 frequencies only (about half of them); the determinant is the "
+                        "product "
                         "over all H*W frequencies: use torch.fft.fft2",
                         torch.log(half.abs()).sum(),
                     ),
@@ -155,7 +157,8 @@ def check_periodic_logdet(fn) -> Feedback:
                         torch.log(K.real.abs()).sum(),
                     ),
                     (
-                        "you treated the layer as a 1x1 convolution (H W log|centre tap|); every tap contributes through "
+                        "you treated the layer as a 1x1 convolution (H W log|centre tap|); every tap contributes "
+                        "through "
                         "K(u, v)",
                         H * W * torch.log(kernel[k // 2, k // 2].abs()),
                     ),
