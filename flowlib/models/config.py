@@ -174,22 +174,6 @@ PRESETS: dict[str, ModelConfig] = {
         mixing="none",
         dequant_mixing="conv1x1",
     ),
-    "paper-residual": ModelConfig(
-        model_type="residual",
-        image_shape=(3, 32, 32),
-        n_levels=3,
-        n_subflows=16,
-        hidden_channels=528,
-        net="densenet",
-        densenet_depth=8,
-        densenet_growth=64,
-        n_intermediate_channels=64,
-        gated_conv=False,
-        split_prior=True,
-        dequant="flow",
-        mixing="none",
-        dequant_mixing="conv1x1",
-    ),
     # Minutes on one GPU.
     "small-mixing": ModelConfig(
         model_type="glow",
@@ -242,3 +226,5 @@ PRESETS: dict[str, ModelConfig] = {
         dequant_mixing="conv1x1",
     ),
 }
+# The residual-flow arm of the same experiment: identical sizes, residual blocks instead of Sylvester layers.
+PRESETS["paper-residual"] = PRESETS["paper-sylvester"].replace(model_type="residual")
