@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .core import Flow, Sequential
 from .functional import normalize_adjacency
 from .layers.convexp import GraphConvExp
+from .layers.linear import ActNorm
 
 __all__ = ["GraphDataset", "make_graph", "make_graph_dataset", "GraphActNorm", "GraphCoupling", "GraphFlow", "fit"]
 
@@ -75,39 +76,26 @@ class GraphActNorm(Flow):
 
     Formula: ``y[n, c] = (x[n, c] + bias[c]) * exp(logs[c])`` (the same for all nodes:
     permutation equivariant); on the first training batch ``bias``/``logs`` are set
-    so that every channel has zero mean and unit variance. The buffer ``initialized``
-    records that this happened; it is saved in the ``state_dict``, so a reloaded model
-    does not re-initialise (a Python mirror of it is read in ``forward``: no device
-    sync). Inverse:
-    ``x = y exp(-logs) - bias``. Log-determinant: ``N sum(logs)``. Cost ``O(B N C)``.
+    so that every channel has zero mean and unit variance. This is
+    :class:`flowlib.layers.linear.ActNorm` applied to the channel-first view
+    ``[B, C, N]`` of the node features, so it shares its saved ``initialized`` flag
+    and its all-reduced initialisation under ``torch.distributed``.
+    Inverse: ``x = y exp(-logs) - bias``. Log-determinant: ``N sum(logs)``. Cost ``O(B N C)``.
     Shapes: ``x, y: [B, N, C]``, ``logdet: [B]``.
     Reference: Kingma & Dhariwal, "Glow", NeurIPS 2018.
     """
 
     def __init__(self, shape):
         super().__init__(shape)
-        C = int(shape[1])
-        self.bias = nn.Parameter(torch.zeros(C))
-        self.logs = nn.Parameter(torch.zeros(C))
-        self.register_buffer("initialized", torch.tensor(False))
-        self._initialized = False  # mirror of the buffer, read without a device sync
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._initialized = bool(self.initialized)
+        nodes, channels = (int(s) for s in shape)
+        self.actnorm = ActNorm((channels, nodes))
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not self._initialized:
-            with torch.no_grad():
-                self.bias.copy_(-x.mean(dim=(0, 1)))
-                self.logs.copy_(-torch.log(x.std(dim=(0, 1)) + 1e-6))
-                self.initialized.fill_(True)
-            self._initialized = True
-        y = (x + self.bias) * torch.exp(self.logs)
-        return y, (x.shape[1] * self.logs.sum()).expand(x.shape[0])
+        y, logdet = self.actnorm(x.transpose(1, 2))  # [B, C, N]
+        return y.transpose(1, 2), logdet
 
     def _inverse(self, y: Tensor) -> Tensor:
-        return y * torch.exp(-self.logs) - self.bias
+        return self.actnorm.inverse(y.transpose(1, 2)).transpose(1, 2)
 
 
 class GraphCoupling(Flow):
