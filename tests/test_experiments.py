@@ -11,7 +11,17 @@ import torch
 from flowlib import data
 from flowlib.experiments import EXPERIMENTS, run
 from flowlib.experiments.__main__ import main
-from flowlib.experiments.common import Arm, BudgetError, ExperimentError, check_budget, cifar_subset, match_budget
+from flowlib.experiments.common import (
+    Arm,
+    BudgetError,
+    ExperimentError,
+    check_budget,
+    cifar_subset,
+    diverged_notes,
+    image_scale,
+    match_budget,
+    protocol_text,
+)
 
 SEEDS = 3
 
@@ -146,3 +156,18 @@ def test_budget_matching_and_check():
     assert check_budget({"a": 100, "b": 104})["within"]
     with pytest.raises(BudgetError, match="differ by 6.0%"):
         check_budget({"a": 100, "b": 106})
+
+
+def test_shared_settings_and_notes():
+    ci = image_scale("ci", "tiny", model=dict(dequant="uniform"), knob="hidden_channels")
+    assert ci["preset"] == "tiny" and ci["knob"] == "hidden_channels" and ci["n_test"] == 0
+    assert list(ci["model"]) == ["image_shape", "n_subflows", "dequant"]  # shared overrides first (protocol text)
+    assert ci["train"]["steps"] == 20 and ci["train"] is not image_scale("ci", "tiny")["train"]
+    assert image_scale("gpu-small", "p", train=dict(steps=7))["train"] == {"steps": 7}
+    with pytest.raises(ValueError, match="pass train="):
+        image_scale("gpu-small", "p")
+
+    rows = [{"label": "a", "diverged_frac": 0.0}, {"label": "b", "diverged_frac": 1 / 3}, {"label": "c"}]
+    assert diverged_notes(rows) == ["Runs that diverged (left out of the means): b 33%."]
+    assert diverged_notes(rows[:1]) == []
+    assert protocol_text("Title.\n\nBody\n\nmore.\n", "x.") == "Body\n\nmore.\n\nThis run: x."

@@ -7,7 +7,10 @@ each finished run as ``<runs>/<arm>/seed<k>/result.json`` (written atomically) s
 interrupted experiment continues where it stopped and never re-runs a finished run.
 :func:`aggregate` turns the runs into ``mean ± std`` per arm, and :func:`write_results`
 writes ``<out>/<experiment>-<scale>.json``, ``.csv``, ``.md`` and ``.png``, each naming
-the command, scale, device, torch version and date that produced it.
+the command, scale, device, torch version and date that produced it. :func:`result_info`
+assembles that provenance with the protocol (:func:`protocol_text`: the experiment module's
+docstring and this run's settings); :data:`PARAMS_COLUMN`, :data:`DIVERGED_COLUMN` and
+:func:`diverged_notes` are the table columns and the note every experiment shares.
 
 Parameter budgets: :func:`match_budget` chooses, for every arm, the conditioner width
 whose model has the parameter count closest to a common target (the official mixing
@@ -61,6 +64,14 @@ __all__ = [
     "mean_std",
     "log_line",
     "SCALE_CAVEAT",
+    "PARAMS_COLUMN",
+    "DIVERGED_COLUMN",
+    "diverged_notes",
+    "protocol_text",
+    "result_info",
+    "image_scale",
+    "image_grid",
+    "image_info",
 ]
 
 SCALES = ("ci", "gpu-small", "paper")
@@ -329,6 +340,43 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, Callable[[dict], s
     return "\n".join(lines)
 
 
+# The table column of an aggregated row's parameter count ("—" when no run reported one).
+PARAMS_COLUMN = ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—")
+# The table column of the fraction of an arm's runs that diverged.
+DIVERGED_COLUMN = ("diverged", lambda r: f"{r['diverged_frac']:.0%}")
+
+
+def diverged_notes(rows: list[dict]) -> list[str]:
+    """The note naming the arms with diverged runs and the fraction of each; no note when none diverged."""
+    diverged = [r for r in rows if r.get("diverged_frac", 0) > 0]
+    if not diverged:
+        return []
+    listing = ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged)
+    return [f"Runs that diverged (left out of the means): {listing}."]
+
+
+def protocol_text(doc: str, this_run: str) -> str:
+    """The protocol of a result file: a module docstring without its title line, then ``This run: ...``."""
+    return doc.split("\n\n", 1)[1].strip() + f"\n\nThis run: {this_run}"
+
+
+def result_info(title: str, command: str, scale: str, seeds: int, device: str, protocol: str, **settings) -> dict:
+    """The ``info`` of :func:`write_results`: provenance, protocol and the experiment's settings.
+
+    In this order: title, command, scale, seeds, the :func:`environment` of ``device`` (device
+    name, torch version, date), protocol, then ``settings``.
+    """
+    return {
+        "title": title,
+        "command": command,
+        "scale": scale,
+        "seeds": seeds,
+        **environment(device),
+        "protocol": protocol,
+        **settings,
+    }
+
+
 def write_results(
     out: Path,
     name: str,
@@ -543,8 +591,12 @@ def image_budget(
     return budget, {a.name: overrides(a, matched["widths"][a.name]) for a in arms}
 
 
-def budget_markdown(budget: dict, labels: dict[str, str]) -> str:
-    """The parameter-budget section: per arm the width knob, its value and the parameter count."""
+def budget_markdown(budget: dict, labels: dict[str, str], group: str | None = None) -> str:
+    """The parameter-budget section: per arm the width knob, its value and the parameter count.
+
+    ``group`` names the arms a budget was matched within (heading ``## Parameter budget (group)``)
+    when an experiment matches several groups separately.
+    """
     rows = [
         {
             "arm": labels[k],
@@ -563,9 +615,119 @@ def budget_markdown(budget: dict, labels: dict[str, str]) -> str:
             ("parameters", lambda r: fmt(r["count"])),
         ],
     )
+    heading = "## Parameter budget" + (f" ({group})" if group else "")
     return (
-        f"## Parameter budget\n\nTarget {budget['target']:,} parameters; spread max/min − 1 = "
+        f"{heading}\n\nTarget {budget['target']:,} parameters; spread max/min − 1 = "
         f"{100 * budget['spread']:.2f}% (tolerance {100 * budget['tolerance']:.0f}%: checked, within).\n\n{table}"
+    )
+
+
+# What every image experiment shares at a scale: test images (``n_test``, see :func:`image_data`),
+# images per timed sampling call (``sample_n``), model overrides (image shape; at ci two levels)
+# and, at ci and paper scale, the training schedule (gpu-small step counts differ per experiment).
+_IMAGE_SCALES = {
+    "ci": dict(
+        n_test=0,
+        sample_n=16,
+        model=dict(image_shape=(3, 8, 8), n_subflows=2),
+        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
+    ),
+    "gpu-small": dict(n_test=2000, sample_n=64, model=dict(image_shape=(3, 32, 32))),
+    "paper": dict(
+        n_test=10000,
+        sample_n=256,
+        model=dict(image_shape=(3, 32, 32)),
+        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
+    ),
+}
+
+
+def image_scale(scale: str, preset: str, model: dict | None = None, train: dict | None = None, **settings) -> dict:
+    """One scale's settings of an image experiment (mixing, residual, stability).
+
+    ``{"preset", **settings, "n_test", "sample_n", "model", "train"}``: ``n_test``, ``sample_n``
+    and the shared model overrides come from the scale (the same for every image experiment),
+    followed in ``model`` by the experiment's own overrides; ``train`` is the scale's shared
+    schedule (ci, paper) unless given, and must be given at gpu-small. ``settings`` are the
+    experiment's own (width knob and base width, learning rates).
+    """
+    shared = _IMAGE_SCALES[scale]
+    if train is None and "train" not in shared:
+        raise ValueError(f"image_scale({scale!r}, ...): this scale has no shared schedule; pass train=dict(...)")
+    return {
+        "preset": preset,
+        **settings,
+        "n_test": shared["n_test"],
+        "sample_n": shared["sample_n"],
+        "model": {**shared["model"], **(model or {})},
+        "train": dict(shared["train"] if train is None else train),
+    }
+
+
+def image_grid(
+    arms: list[Arm],
+    seeds: int,
+    runs: Path,
+    s: dict,
+    data: dict,
+    models: dict[str, dict],
+    device: str,
+    label: str,
+    quiet: bool,
+) -> list[dict]:
+    """:func:`run_grid` over image arms, each run an :func:`image_run`.
+
+    Arm ``a`` trains the model ``models[a.name]`` (overrides of the preset ``s["preset"]``)
+    with the scale's schedule ``s["train"]`` on ``data`` (:func:`image_data`); an arm with an
+    ``lr`` setting trains at that learning rate. A run's spec (:func:`spec_of`) holds the
+    preset, the model overrides and the schedule with that learning rate.
+    """
+
+    def schedule(arm: Arm) -> dict:
+        return {**s["train"], "lr": arm.settings["lr"]} if "lr" in arm.settings else s["train"]
+
+    def one(arm: Arm, seed: int, run_dir: Path) -> dict:
+        return image_run(s["preset"], models[arm.name], {**schedule(arm), **data}, seed, run_dir, device, s["sample_n"])
+
+    def spec(arm: Arm, seed: int) -> dict:
+        return spec_of(data, preset=s["preset"], model=models[arm.name], train=schedule(arm))
+
+    return run_grid(arms, seeds, runs, one, spec, device, label, log_line(quiet))
+
+
+def image_info(
+    title: str,
+    command: str,
+    scale: str,
+    seeds: int,
+    device: str,
+    doc: str,
+    s: dict,
+    data_text: str,
+    budget: dict,
+    **extra,
+) -> dict:
+    """:func:`result_info` of an image experiment whose module docstring is ``doc``.
+
+    The protocol ends with this run's preset, data, schedule and model overrides; the settings
+    are ``preset``, ``model_overrides``, ``train``, then ``extra``, ``data`` and ``budget``.
+    """
+    this_run = (
+        f"preset `{s['preset']}`, data: {data_text}; training settings {s['train']}; model overrides {s['model']}."
+    )
+    return result_info(
+        title,
+        command,
+        scale,
+        seeds,
+        device,
+        protocol_text(doc, this_run),
+        preset=s["preset"],
+        model_overrides=s["model"],
+        train=s["train"],
+        **extra,
+        data=data_text,
+        budget=budget,
     )
 
 

@@ -29,18 +29,21 @@ from pathlib import Path
 import torch
 
 from .common import (
+    DIVERGED_COLUMN,
+    PARAMS_COLUMN,
     SCALE_CAVEAT,
     Arm,
     aggregate,
     budget_markdown,
     check_budget,
     diff_note,
-    environment,
-    fmt,
+    diverged_notes,
     log_line,
     markdown_table,
     match_budget,
     mean_std,
+    protocol_text,
+    result_info,
     run_grid,
     write_results,
 )
@@ -140,13 +143,7 @@ def run(
     ]
     if scale == "paper":
         notes.append("The paper's graph data sets are not bundled: 'paper' scale here is a larger synthetic setting.")
-    diverged = [r for r in rows if r.get("diverged_frac", 0) > 0]
-    if diverged:
-        notes.append(
-            "Runs that diverged (left out of the means): "
-            + ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged)
-            + "."
-        )
+    notes += diverged_notes(rows)
 
     table = markdown_table(
         rows,
@@ -155,26 +152,16 @@ def run(
             ("test NLL (nats/dim)", lambda r: mean_std(r, "test_nll", 4)),
             ("train NLL, last 10% of steps", lambda r: mean_std(r, "train_nll", 4)),
             ("ms / step", lambda r: mean_std(r, "ms_per_step", 1)),
-            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
-            ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+            PARAMS_COLUMN,
+            DIVERGED_COLUMN,
         ],
     )
     data_text = (
         f"make_graph_dataset(num_samples={s['n_train'] + s['n_test']}, num_nodes={s['nodes']}, "
         f"features={s['features']}, seed=0), first {s['n_train']} samples train, last {s['n_test']} test"
     )
-    protocol = __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: {s}; data: {data_text}."
-    info = {
-        "title": TITLE,
-        "command": command,
-        "scale": scale,
-        "seeds": seeds,
-        **environment(device),
-        "protocol": protocol,
-        "settings": s,
-        "data": data_text,
-        "budget": budget,
-    }
+    protocol = protocol_text(__doc__, f"{s}; data: {data_text}.")
+    info = result_info(TITLE, command, scale, seeds, device, protocol, settings=s, data=data_text, budget=budget)
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)

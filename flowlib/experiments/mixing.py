@@ -27,21 +27,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (
+    DIVERGED_COLUMN,
+    PARAMS_COLUMN,
     SCALE_CAVEAT,
     Arm,
     aggregate,
     budget_markdown,
     diff_note,
-    environment,
-    fmt,
+    diverged_notes,
     image_budget,
     image_data,
-    image_run,
-    log_line,
+    image_grid,
+    image_info,
+    image_scale,
     markdown_table,
     mean_std,
-    run_grid,
-    spec_of,
     write_results,
 )
 
@@ -52,33 +52,15 @@ MIXINGS = ("conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodb
 PAPER_ARMS = ("conv1x1", "emerging", "woodbury")  # the baselines of the paper's table
 
 SCALES = {
-    "ci": dict(
-        preset="tiny",
-        knob="hidden_channels",
-        base=16,
-        n_test=0,
-        sample_n=16,
-        model=dict(image_shape=(3, 8, 8), n_subflows=2, dequant="uniform"),
-        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
-    ),
-    "gpu-small": dict(
-        preset="small-mixing",
+    "ci": image_scale("ci", "tiny", model=dict(dequant="uniform"), knob="hidden_channels", base=16),
+    "gpu-small": image_scale(
+        "gpu-small",
+        "small-mixing",
+        train=dict(steps=400, batch_size=64, log_every=50, eval_every=10**6, save_every=200),
         knob="densenet_growth",
         base=32,
-        n_test=2000,
-        sample_n=64,
-        model=dict(image_shape=(3, 32, 32)),
-        train=dict(steps=400, batch_size=64, log_every=50, eval_every=10**6, save_every=200),
     ),
-    "paper": dict(
-        preset="paper-mixing",
-        knob="densenet_growth",
-        base=63,
-        n_test=10000,
-        sample_n=256,
-        model=dict(image_shape=(3, 32, 32)),
-        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
-    ),
+    "paper": image_scale("paper", "paper-mixing", knob="densenet_growth", base=63),
 }
 
 
@@ -100,21 +82,7 @@ def run(
         lambda a: s["knob"],
         lambda a: s["base"],
     )
-    train = {**s["train"], **data}
-
-    def one(arm: Arm, seed: int, run_dir: Path) -> dict:
-        return image_run(s["preset"], models[arm.name], train, seed, run_dir, device, s["sample_n"])
-
-    records = run_grid(
-        arms,
-        seeds,
-        runs,
-        one,
-        lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name], train=s["train"]),
-        device,
-        f"mixing {scale}",
-        log_line(quiet),
-    )
+    records = image_grid(arms, seeds, runs, s, data, models, device, f"mixing {scale}", quiet)
     metrics = ["test_bpd", "train_bpd", "train_images_per_s", "sample_images_per_s", "params"]
     rows = aggregate(records, arms, metrics)
     by = {r["arm"]: r for r in rows}
@@ -133,13 +101,7 @@ def run(
     else:
         lost = [t for w, t in wins if not w]
         notes.append("DISAGREES with the paper (convexp best among 1x1, emerging, Woodbury): " + "; ".join(lost) + ".")
-    diverged = [r["arm"] for r in rows if r.get("diverged_frac", 0) > 0]
-    if diverged:
-        notes.append(
-            "Runs that diverged (left out of the means): "
-            + ", ".join(f"{by[a]['label']} {by[a]['diverged_frac']:.0%}" for a in diverged)
-            + "."
-        )
+    notes += diverged_notes(rows)
 
     table = markdown_table(
         rows,
@@ -149,27 +111,11 @@ def run(
             ("train bpd (last log interval)", lambda r: mean_std(r, "train_bpd", 4)),
             ("train images/s", lambda r: mean_std(r, "train_images_per_s", 0)),
             ("sampling images/s", lambda r: mean_std(r, "sample_images_per_s", 0)),
-            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
-            ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+            PARAMS_COLUMN,
+            DIVERGED_COLUMN,
         ],
     )
-    protocol = (
-        __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
-        f"training settings {s['train']}; model overrides {s['model']}."
-    )
-    info = {
-        "title": TITLE,
-        "command": command,
-        "scale": scale,
-        "seeds": seeds,
-        **environment(device),
-        "protocol": protocol,
-        "preset": s["preset"],
-        "model_overrides": s["model"],
-        "train": s["train"],
-        "data": data_text,
-        "budget": budget,
-    }
+    info = image_info(TITLE, command, scale, seeds, device, __doc__, s, data_text, budget)
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)

@@ -26,21 +26,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (
+    DIVERGED_COLUMN,
+    PARAMS_COLUMN,
     SCALE_CAVEAT,
     Arm,
     aggregate,
     budget_markdown,
     diff_note,
-    environment,
-    fmt,
+    diverged_notes,
     image_budget,
     image_data,
-    image_run,
-    log_line,
+    image_grid,
+    image_info,
+    image_scale,
     markdown_table,
     mean_std,
-    run_grid,
-    spec_of,
     write_results,
 )
 
@@ -51,32 +51,25 @@ MODEL_TYPES = ("sylvester", "residual", "coupling")
 DEQUANTS = ("uniform", "flow")
 
 SCALES = {
-    "ci": dict(
-        preset="tiny",
-        n_test=0,
-        sample_n=16,
+    "ci": image_scale(
+        "ci",
+        "tiny",
+        model=dict(mixing="none", hidden_channels=16),
         widths={"residual": "hidden_channels", "coupling": "hidden_channels"},
         base={"hidden_channels": 16},
-        model=dict(image_shape=(3, 8, 8), n_subflows=2, mixing="none", hidden_channels=16),
-        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
     ),
-    "gpu-small": dict(
-        preset="small-sylvester",
-        n_test=2000,
-        sample_n=64,
+    "gpu-small": image_scale(
+        "gpu-small",
+        "small-sylvester",
+        train=dict(steps=200, batch_size=64, log_every=50, eval_every=10**6, save_every=100),
         widths={"residual": "hidden_channels", "coupling": "densenet_growth"},
         base={"hidden_channels": 128, "densenet_growth": 32},
-        model=dict(image_shape=(3, 32, 32)),
-        train=dict(steps=200, batch_size=64, log_every=50, eval_every=10**6, save_every=100),
     ),
-    "paper": dict(
-        preset="paper-sylvester",
-        n_test=10000,
-        sample_n=256,
+    "paper": image_scale(
+        "paper",
+        "paper-sylvester",
         widths={"residual": "hidden_channels", "coupling": "densenet_growth"},
         base={"hidden_channels": 528, "densenet_growth": 64},
-        model=dict(image_shape=(3, 32, 32)),
-        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
     ),
 }
 
@@ -107,21 +100,7 @@ def run(
         )
         arms += group
         models.update(matched)
-    train = {**s["train"], **data}
-
-    def one(arm: Arm, seed: int, run_dir: Path) -> dict:
-        return image_run(s["preset"], models[arm.name], train, seed, run_dir, device, s["sample_n"])
-
-    records = run_grid(
-        arms,
-        seeds,
-        runs,
-        one,
-        lambda a, seed: spec_of(data, preset=s["preset"], model=models[a.name], train=s["train"]),
-        device,
-        f"residual {scale}",
-        log_line(quiet),
-    )
+    records = image_grid(arms, seeds, runs, s, data, models, device, f"residual {scale}", quiet)
     metrics = ["test_bpd", "test_bpd_iw", "train_bpd", "train_images_per_s", "params"]
     rows = aggregate(records, arms, metrics)
     by = {r["arm"]: r for r in rows}
@@ -135,13 +114,7 @@ def run(
         )
         _, text = diff_note(by, "test_bpd", f"sylvester-{dq}", f"coupling-{dq}")
         notes.append(f"For reference, Sylvester vs coupling baseline ({dq}): {text}.")
-    diverged = [r for r in rows if r.get("diverged_frac", 0) > 0]
-    if diverged:
-        notes.append(
-            "Runs that diverged (left out of the means): "
-            + ", ".join(f"{r['label']} {r['diverged_frac']:.0%}" for r in diverged)
-            + "."
-        )
+    notes += diverged_notes(rows)
 
     table = markdown_table(
         rows,
@@ -151,27 +124,11 @@ def run(
             ("test bpd", lambda r: mean_std(r, "test_bpd", 4)),
             ("test bpd (importance-weighted)", lambda r: mean_std(r, "test_bpd_iw", 4)),
             ("train images/s", lambda r: mean_std(r, "train_images_per_s", 0)),
-            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
-            ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+            PARAMS_COLUMN,
+            DIVERGED_COLUMN,
         ],
     )
-    protocol = (
-        __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
-        f"training settings {s['train']}; model overrides {s['model']}."
-    )
-    info = {
-        "title": TITLE,
-        "command": command,
-        "scale": scale,
-        "seeds": seeds,
-        **environment(device),
-        "protocol": protocol,
-        "preset": s["preset"],
-        "model_overrides": s["model"],
-        "train": s["train"],
-        "data": data_text,
-        "budget": budgets,
-    }
+    info = image_info(TITLE, command, scale, seeds, device, __doc__, s, data_text, budgets)
 
     def plot(fig):
         ax = fig.subplots()
@@ -193,15 +150,6 @@ def run(
         ax.set_title(f"{TITLE} ({scale}, {seeds} seeds, mean ± std)")
 
     labels = {a.name: a.label for a in arms}
-    body = (
-        "## Results\n\n"
-        + table
-        + "\n\n"
-        + "\n\n".join(
-            budget_markdown(budgets[dq], labels).replace(
-                "## Parameter budget", f"## Parameter budget ({dq} dequantization)"
-            )
-            for dq in DEQUANTS
-        )
-    )
+    body = "## Results\n\n" + table + "\n\n"
+    body += "\n\n".join(budget_markdown(budgets[dq], labels, f"{dq} dequantization") for dq in DEQUANTS)
     return write_results(out, "residual", scale, info, rows, records, body, notes, plot)

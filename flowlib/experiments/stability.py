@@ -30,21 +30,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (
+    DIVERGED_COLUMN,
+    PARAMS_COLUMN,
     SCALE_CAVEAT,
     Arm,
     aggregate,
     budget_markdown,
     diff_note,
-    environment,
     fmt,
     image_budget,
     image_data,
-    image_run,
-    log_line,
+    image_grid,
+    image_info,
+    image_scale,
     markdown_table,
     mean_std,
-    run_grid,
-    spec_of,
     write_results,
 )
 
@@ -55,39 +55,25 @@ COUPLINGS = ("affine", "exp")
 CONV1X1 = ("conv1x1", "conv1x1_lu", "conv1x1_exp")
 
 SCALES = {
-    "ci": dict(
-        preset="tiny",
+    "ci": image_scale(
+        "ci",
+        "tiny",
+        model=dict(dequant="uniform"),
         knob="hidden_channels",
         base=16,
-        n_test=0,
-        sample_n=16,
         lrs=(1e-3, 1e-2, 1e-1),
         lr_b=1e-2,
-        model=dict(image_shape=(3, 8, 8), n_subflows=2, dequant="uniform"),
-        train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
     ),
-    "gpu-small": dict(
-        preset="small-mixing",
+    "gpu-small": image_scale(
+        "gpu-small",
+        "small-mixing",
+        train=dict(steps=150, batch_size=64, log_every=50, eval_every=10**6, save_every=150),
         knob="densenet_growth",
         base=32,
-        n_test=2000,
-        sample_n=64,
         lrs=(1e-3, 3e-3, 1e-2, 3e-2),
         lr_b=1e-2,
-        model=dict(image_shape=(3, 32, 32)),
-        train=dict(steps=150, batch_size=64, log_every=50, eval_every=10**6, save_every=150),
     ),
-    "paper": dict(
-        preset="paper-mixing",
-        knob="densenet_growth",
-        base=64,
-        n_test=10000,
-        sample_n=256,
-        lrs=(1e-3, 2e-3, 5e-3),
-        lr_b=2e-3,
-        model=dict(image_shape=(3, 32, 32)),
-        train=dict(steps=195_000, batch_size=256, iw_samples=1000),
-    ),
+    "paper": image_scale("paper", "paper-mixing", knob="densenet_growth", base=64, lrs=(1e-3, 2e-3, 5e-3), lr_b=2e-3),
 }
 
 
@@ -163,23 +149,7 @@ def run(
         )
         models.update(matched)
     arms = part_a + part_b
-
-    def one(arm: Arm, seed: int, run_dir: Path) -> dict:
-        train = {**s["train"], **data, "lr": arm.settings["lr"]}
-        return image_run(s["preset"], models[arm.name], train, seed, run_dir, device, s["sample_n"])
-
-    records = run_grid(
-        arms,
-        seeds,
-        runs,
-        one,
-        lambda a, seed: spec_of(
-            data, preset=s["preset"], model=models[a.name], train={**s["train"], "lr": a.settings["lr"]}
-        ),
-        device,
-        f"stability {scale}",
-        log_line(quiet),
-    )
+    records = image_grid(arms, seeds, runs, s, data, models, device, f"stability {scale}", quiet)  # at each arm's lr
     metrics = ["test_bpd", "train_bpd", "ms_per_step", "epoch_s", "params"]
     rows = aggregate(records, arms, metrics)
     by = {r["arm"]: r for r in rows}
@@ -187,7 +157,7 @@ def run(
 
     common_cols = [
         ("test bpd (non-diverged)", lambda r: mean_std(r, "test_bpd", 4)),
-        ("diverged", lambda r: f"{r['diverged_frac']:.0%}"),
+        DIVERGED_COLUMN,
     ]
     table_a = markdown_table(
         [by[a.name] for a in part_a],
@@ -195,7 +165,7 @@ def run(
             ("coupling", lambda r: r["coupling"]),
             ("learning rate", lambda r: f"{r['lr']:g}"),
             *common_cols,
-            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+            PARAMS_COLUMN,
         ],
     )
     table_b = markdown_table(
@@ -206,36 +176,27 @@ def run(
             *common_cols,
             ("ms / step", lambda r: mean_std(r, "ms_per_step", 1)),
             ("s / epoch", lambda r: mean_std(r, "epoch_s", 1)),
-            ("parameters", lambda r: fmt(int(r["params_mean"])) if r["params_n"] else "—"),
+            PARAMS_COLUMN,
         ],
     )
     labels = {a.name: a.label for a in arms}
     body = (
         f"## Part A: coupling vs learning rate\n\n{table_a}\n\n## Part B: 1x1 convolutions\n\n{table_b}\n\n"
-        + "\n\n".join(
-            budget_markdown(budgets[part], labels).replace("## Parameter budget", f"## Parameter budget (part {part})")
-            for part in ("A", "B")
-        )
+        + "\n\n".join(budget_markdown(budgets[part], labels, f"part {part}") for part in ("A", "B"))
     )
-    protocol = (
-        __doc__.split("\n\n", 1)[1].strip() + f"\n\nThis run: preset `{s['preset']}`, data: {data_text}; "
-        f"training settings {s['train']}; model overrides {s['model']}."
+    info = image_info(
+        TITLE,
+        command,
+        scale,
+        seeds,
+        device,
+        __doc__,
+        s,
+        data_text,
+        budgets,
+        learning_rates=list(s["lrs"]),
+        lr_part_b=s["lr_b"],
     )
-    info = {
-        "title": TITLE,
-        "command": command,
-        "scale": scale,
-        "seeds": seeds,
-        **environment(device),
-        "protocol": protocol,
-        "preset": s["preset"],
-        "model_overrides": s["model"],
-        "train": s["train"],
-        "learning_rates": list(s["lrs"]),
-        "lr_part_b": s["lr_b"],
-        "data": data_text,
-        "budget": budgets,
-    }
 
     def plot(fig):
         ax1, ax2, ax3 = fig.subplots(1, 3)
