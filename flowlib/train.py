@@ -1,6 +1,6 @@
 """Train a flow on images; one readable file (nanoGPT's train.py shape).
 
-A CPU run (about a minute on 2 cores; ``bash scripts/demo.sh`` runs it)::
+A CPU run (seconds on 2 cores; ``bash scripts/demo.sh`` runs it with 2000 steps)::
 
     python -m flowlib.train --preset tiny --dataset digits --steps 200 --out runs/demo
 
@@ -20,7 +20,7 @@ run in ``--out`` exactly where ``last.pt`` left it. From Python (notebook 05)::
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl``, TensorBoard events in ``tb/``,
 ``last.pt`` and ``best.pt`` (plain dicts, written atomically), ``samples/*.png`` at several
-temperatures, ``summary.json``.
+temperatures, ``summary.json`` and ``bpd_curve.png`` (bits/dim against the step).
 
 Choices worth knowing:
 
@@ -277,6 +277,25 @@ def _save_samples(model, cfg: TrainConfig, step: int, out: Path, device, writer)
             paths.append(str(path))
     model.train(was_training)
     return paths
+
+
+def _plot_curves(out: Path) -> Path:
+    """``bpd_curve.png``: train and test bits/dim against the step, from ``metrics.jsonl``."""
+    from matplotlib.figure import Figure
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
+    for key, style in (("train_bpd", "-"), ("test_bpd", "o-")):
+        points = [(r["step"], r[key]) for r in records if key in r and "step" in r and not r.get("final")]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=key.replace("_bpd", ""), markersize=3)
+    ax.set(xlabel="step", ylabel="bits per dimension", title=out.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = out / "bpd_curve.png"
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def _first_nonfinite(model: nn.Module, x) -> str:
@@ -678,6 +697,7 @@ def train(cfg: TrainConfig) -> dict:
             if not interrupted:
                 log({"final": True, **final})
             (out / "summary.json").write_text(json.dumps(final, indent=2))
+            _plot_curves(out)
             if interrupted:
                 print(f"interrupted at step {step}: saved {last_path}; continue with --resume", file=sys.stderr)
             else:

@@ -57,6 +57,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert train_rows[-1]["train_bpd"] < train_rows[0]["train_bpd"]  # it learns
     assert _metrics(out)[-1]["final"] and json.loads((out / "summary.json").read_text())["test_bpd"] == s["test_bpd"]
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "bpd_curve.png").read_bytes().startswith(b"\x89PNG")
     for name in ("last.pt", "best.pt"):
         ck = torch.load(out / name, weights_only=True)
         assert {"model", "optimizer", "scheduler", "step", "rng", "config", "best_test_bpd"} <= set(ck)
