@@ -9,6 +9,8 @@ Taught in ``notebooks/02_convolution_exponential.ipynb``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,6 +18,7 @@ from torch import Tensor
 from .linalg import operator_norm_bound, taylor_remainder_bound
 
 __all__ = [
+    "exp_series",
     "conv_exp",
     "inv_conv_exp",
     "conv_exp_logdet",
@@ -68,6 +71,36 @@ def conv_exp_terms(norm: float, tol: float = DEFAULT_TOL, max_terms: int = MAX_T
     )
 
 
+def exp_series(
+    apply: Callable[[Tensor], Tensor],
+    x: Tensor,
+    terms: int | None,
+    tol: float,
+    max_terms: int,
+    describe: Callable[[], str],
+) -> Tensor:
+    """``exp(M) x = sum_k M^k x / k!`` for a linear map ``apply(t) = M t``, one application per term.
+
+    With ``terms`` given, exactly that many terms (no device synchronisation). Otherwise
+    terms are added until the newest one is below ``tol * max |x|``; beyond ``max_terms``
+    :class:`SeriesNotConverged` is raised with ``describe()`` saying which series and why.
+    Shared by :func:`conv_exp` and :func:`graph_conv_exp`.
+    """
+    result, term = x, x
+    if terms is not None:
+        for i in range(1, terms + 1):
+            term = apply(term) / i
+            result = result + term
+        return result
+    scale = x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)
+    for i in range(1, max_terms + 1):
+        term = apply(term) / i
+        result = result + term
+        if term.detach().abs().max() <= tol * scale:
+            return result
+    raise SeriesNotConverged(f"did not converge to tol={tol:g} in {max_terms} terms: {describe()}")
+
+
 def conv_exp(
     x: Tensor,
     kernel: Tensor,
@@ -111,22 +144,16 @@ def conv_exp(
     """
     _check(x, kernel)
     padding = (kernel.shape[-2] // 2, kernel.shape[-1] // 2)
-    result, term = x, x
-    if terms is not None:
-        for i in range(1, terms + 1):
-            term = F.conv2d(term, kernel, padding=padding) / i
-            result = result + term
-        return result
-    scale = x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)
-    for i in range(1, max_terms + 1):
-        term = F.conv2d(term, kernel, padding=padding) / i
-        result = result + term
-        if term.detach().abs().max() <= tol * scale:
-            return result
-    bound = float(operator_norm_bound(kernel.detach()))
-    raise SeriesNotConverged(
-        f"conv_exp did not converge to tol={tol:g} in {max_terms} terms "
-        f"(kernel operator norm bound {bound:.3g}); scale the kernel down or pass terms= explicitly"
+    return exp_series(
+        lambda t: F.conv2d(t, kernel, padding=padding),
+        x,
+        terms,
+        tol,
+        max_terms,
+        lambda: (
+            f"conv_exp (kernel operator norm bound {float(operator_norm_bound(kernel.detach())):.3g}); "
+            "scale the kernel down or pass terms= explicitly"
+        ),
     )
 
 
@@ -312,23 +339,11 @@ def graph_conv_exp(
     def apply(t: Tensor) -> Tensor:
         return t @ self_weight + torch.matmul(adjacency, t) @ neighbour_weight  # [B, N, C]
 
-    result, term = x, x
-    if terms is not None:
-        for i in range(1, terms + 1):
-            term = apply(term) / i
-            result = result + term
-        return result
-    scale = x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)
-    for i in range(1, max_terms + 1):
-        term = apply(term) / i
-        result = result + term
-        if term.detach().abs().max() <= tol * scale:
-            return result
-    bound = float(graph_conv_exp_norm_bound(adjacency.detach(), self_weight.detach(), neighbour_weight.detach()))
-    raise SeriesNotConverged(
-        f"graph_conv_exp did not converge to tol={tol:g} in {max_terms} terms (||M|| bound {bound:.3g}); "
-        "scale the weights down or pass terms= explicitly"
-    )
+    def describe() -> str:
+        bound = graph_conv_exp_norm_bound(adjacency.detach(), self_weight.detach(), neighbour_weight.detach())
+        return f"graph_conv_exp (||M|| bound {float(bound):.3g}); scale the weights down or pass terms= explicitly"
+
+    return exp_series(apply, x, terms, tol, max_terms, describe)
 
 
 def inv_graph_conv_exp(
