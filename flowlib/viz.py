@@ -245,7 +245,12 @@ class KernelWidget(_SliderWidget):
         fig.update_xaxes(title_text="Re", row=1, col=1)
         fig.update_yaxes(title_text="Im", scaleanchor="x", row=1, col=1)
         fig.update_yaxes(autorange="reversed", scaleanchor="x2", row=1, col=2)
-        fig.update_layout(height=420, width=900, margin=dict(l=40, r=20, t=40, b=40))
+        fig.update_layout(
+            height=460,
+            width=900,
+            margin=dict(l=40, r=20, t=40, b=80),
+            legend=dict(orientation="h", x=0, y=-0.22),  # below the plots, clear of the colorbar
+        )
         self.figure = go.FigureWidget(fig)
         self.figure.add_class("flowlib-kernel-figure")
         self.readout = ipw.HTML()
