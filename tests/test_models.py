@@ -267,3 +267,12 @@ def test_training_on_digits_lowers_bpd():
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     print(f"digits bpd: first 20 steps {first:.3f}, last 20 steps {last:.3f}")
     assert last < first - 0.5, (first, last)
+
+
+@pytest.mark.parametrize(("mixing", "growth"), [("convexp", 63), ("conv1x1", 64), ("emerging", 63), ("woodbury", 63)])
+def test_paper_mixing_matches_the_official_parameter_budget(mixing, growth):
+    """The official paper-mixing convexp model has 55.9 M parameters (issue 7): within 5%, from the architecture."""
+    with torch.device("meta"):  # count parameters without allocating 55 M floats
+        model = build_model("paper-mixing", mixing=mixing, densenet_growth=growth)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 55.9e6 - 1) < 0.05, f"{mixing}: {n / 1e6:.2f} M parameters"
