@@ -196,7 +196,8 @@ def test_adaptive_conv_is_a_per_sample_circular_conv(k, H, W):
 def test_conf_coupling_forward_is_slog_of_scaled_shifted_circular_conv():
     layer = build("conf_coupling", shape=(4, 5, 5), hidden=8, scale=0.3)
     x = randn(2, 4, 5, 5)
-    log_s, t, kernel = layer.params(layer.condition(x[:, :2]))
+    with torch.no_grad():
+        log_s, t, kernel = layer.params(layer.condition(x[:, :2]))
     assert float((kernel[:, :, 1, 1] - 1).abs().max()) > 1e-3  # per-sample kernels, not the delta
     assert float((kernel[0] - kernel[1]).abs().max()) > 1e-4
     alpha = layer.log_alpha.exp().view(1, -1, 1, 1)
@@ -208,7 +209,8 @@ def test_conf_coupling_forward_is_slog_of_scaled_shifted_circular_conv():
 def test_conf_kernel_spectrum_stays_above_margin():
     layer = build("conf_coupling", shape=(4, 6, 6), hidden=8, scale=10.0, margin=0.2)
     x = 10 * randn(4, 4, 6, 6)
-    _, _, kernel = layer.params(layer.condition(x[:, :2]))
+    with torch.no_grad():
+        _, _, kernel = layer.params(layer.condition(x[:, :2]))
     padded = torch.zeros(4, 2, 6, 6, dtype=torch.float64)
     padded[..., :3, :3] = kernel
     assert float(torch.fft.fft2(padded).abs().min()) > 0.2
