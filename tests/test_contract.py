@@ -79,3 +79,14 @@ def test_bad_input_raises_clear_error(name):
         layer(x)
     with pytest.raises(ValueError, match=rf"{name}.*NaN"):
         layer.inverse(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip_on_odd_non_square_images(name):
+    shape = (3, 5, 7)  # odd channel count (uneven coupling split), odd and unequal height and width
+    layer = perturb_(build(name, shape=shape), 0.05, torch.Generator().manual_seed(3))
+    x = torch.randn(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y, logdet = layer(x)
+        assert logdet.shape == (2,) and torch.isfinite(logdet).all()
+        assert float((layer.inverse(y) - x).abs().max()) < INVERSE_TOL.get(name, 1e-6)
