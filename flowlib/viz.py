@@ -47,9 +47,12 @@ def _slider(description: str, value: float, low: float, high: float, step: float
     return slider
 
 
-def _unit_circle(points: int = 181) -> tuple[np.ndarray, np.ndarray]:
+def _unit_circle(points: int = 181) -> go.Scatter:
+    """A dotted unit circle: the reference for eigenvalues in the complex plane."""
     t = np.linspace(0, 2 * np.pi, points)
-    return np.cos(t), np.sin(t)
+    return go.Scatter(
+        x=np.cos(t), y=np.sin(t), mode="lines", name="unit circle", line=dict(color="lightgray", dash="dot")
+    )
 
 
 def deformed_grid(matrix: np.ndarray, lines: int = 9, points: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -121,12 +124,7 @@ class EigenWidget(_SliderWidget):
         fig = make_subplots(
             rows=1, cols=2, subplot_titles=("eigenvalues in the complex plane", "grid of [-1, 1]² mapped by exp(A)")
         )
-        cx, cy = _unit_circle()
-        fig.add_trace(
-            go.Scatter(x=cx, y=cy, mode="lines", name="unit circle", line=dict(color="lightgray", dash="dot")),
-            row=1,
-            col=1,
-        )
+        fig.add_trace(_unit_circle(), row=1, col=1)
         fig.add_trace(
             go.Scatter(x=[], y=[], mode="markers", name="eig(A)", marker=dict(size=11, color="#1f77b4")), row=1, col=1
         )
@@ -222,12 +220,7 @@ class KernelWidget(_SliderWidget):
             cols=2,
             subplot_titles=("eigenvalues of the convolution matrix M", "exp(M) applied to a centred impulse"),
         )
-        cx, cy = _unit_circle()
-        fig.add_trace(
-            go.Scatter(x=cx, y=cy, mode="lines", name="unit circle", line=dict(color="lightgray", dash="dot")),
-            row=1,
-            col=1,
-        )
+        fig.add_trace(_unit_circle(), row=1, col=1)
         fig.add_trace(
             go.Scatter(x=[], y=[], mode="markers", name="eig(M)", marker=dict(size=8, color="#1f77b4")), row=1, col=1
         )

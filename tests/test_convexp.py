@@ -10,15 +10,6 @@ from flowlib.linalg import operator_norm_bound, taylor_remainder_bound
 from flowlib.testing import brute_force_logdet, perturb_
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and robust to a loaded machine (tests run in parallel)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_term_counts_follow_the_bound():
     layer = ConvExp((3, 5, 5))
     assert layer.train_terms == Fn.conv_exp_terms(RHO, TRAIN_TOL) == 7

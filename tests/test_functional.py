@@ -8,15 +8,6 @@ import flowlib.functional as Fn
 from flowlib.linalg import operator_norm_bound
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and robust to a loaded machine (tests run in parallel)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def kernel_with_bound(channels, size, bound, seed):
     k = torch.randn(channels, channels, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     return k * (bound / operator_norm_bound(k))

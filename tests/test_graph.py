@@ -108,15 +108,6 @@ def test_graph_flow_is_a_valid_flow():
     assert model.sample(3).shape == (3, 5, 2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread (no intra-op thread pool overhead, robust to a loaded machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("use_convexp", [True, False])
 def test_fit_lowers_the_negative_log_likelihood(use_convexp):
     torch.manual_seed(6)

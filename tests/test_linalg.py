@@ -10,15 +10,6 @@ from hypothesis import strategies as st
 from flowlib.linalg import expm, expm_degree, expm_taylor, operator_norm_bound, taylor_remainder_bound
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and robust to a loaded machine (tests run in parallel)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def matrix_with_norm(n, norm, seed, dtype=torch.float64):
     A = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     return (A / A.abs().sum(0).max() * norm).to(dtype)  # 1-norm = norm

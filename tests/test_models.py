@@ -25,15 +25,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The suite shares 2 cores with other jobs: intra-op threads then mostly wait on each other.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _digits(n: int, seed: int = 0) -> torch.Tensor:
     """``n`` of sklearn's 8x8 digits as uint8 ``[n, 1, 8, 8]`` (0..16 scaled to 0..255)."""
     from sklearn.datasets import load_digits

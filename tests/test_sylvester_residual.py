@@ -12,15 +12,6 @@ from flowlib.layers.sylvester import ConvSylvester, autoregressive_mask, hidden_
 from flowlib.testing import brute_force_logdet, flow_errors, perturb_
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small autograd-heavy tests run faster on one thread, and are robust to a loaded machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def sylvester(shape=(3, 4, 4), scale=0.3, seed=0, **kwargs):
     torch.manual_seed(seed)
     layer = ConvSylvester(shape, **kwargs).double().eval()
