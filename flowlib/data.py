@@ -6,6 +6,10 @@
   With ``download=True`` it fetches the official archive, verifies its MD5 and extracts it.
   Individual files are *not* checksummed, so a re-ordered or re-written copy in the same
   format loads as well as the official files do.
+* :func:`find_cifar10` says where CIFAR-10 is: an explicit directory, else ``$FLOWLIB_DATA``,
+  else ``~/.cache/flowlib/cifar-10-batches-py`` (downloading there only when asked).
+* :func:`average_pool` downsamples uint8 images by averaging ``f x f`` blocks (the CPU-sized
+  16x16 CIFAR-10 of ``python -m flowlib.experiments ... --scale cpu-real``).
 * :func:`load_digits` (scikit-learn's bundled 8x8 digits) and :func:`load_synthetic`
   (generated smooth blobs and stripes) need no download; they make CPU runs and tests possible.
 * :func:`write_cifar_batches` writes images in the exact on-disk CIFAR-10 format
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -39,6 +44,8 @@ __all__ = [
     "CIFAR10_MD5",
     "load_cifar10",
     "download_cifar10",
+    "find_cifar10",
+    "average_pool",
     "read_cifar_meta",
     "read_cifar_batch",
     "write_cifar_batches",
@@ -108,19 +115,31 @@ def _unpickle(path: Path) -> dict:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def read_cifar_meta(path: Path) -> int:
-    """Rows per batch file from ``batches.meta`` (10000 in the official files)."""
+def read_cifar_meta(path: Path) -> tuple[int, int]:
+    """``(rows, side)``: rows per batch file and image side from ``batches.meta``.
+
+    The official files have 10,000 rows of ``num_vis = 3072 = 3 x 32 x 32`` values; a
+    downsampled copy written by :func:`write_cifar_batches` records ``num_vis = 3 side^2``
+    (768 for 16x16). A missing ``num_vis`` means 32x32.
+    """
     meta = _unpickle(path)
     n = meta.get("num_cases_per_batch")
     if not isinstance(n, int) or n <= 0:
         raise DataError(f"CIFAR-10 file {path}: 'num_cases_per_batch' must be a positive int, got {n!r}")
-    if meta.get("num_vis", 3072) != 3072:
-        raise DataError(f"CIFAR-10 file {path}: 'num_vis' is {meta['num_vis']!r}, expected 3072 (3x32x32)")
-    return n
+    vis = meta.get("num_vis", 3072)
+    side = math.isqrt(vis // 3) if isinstance(vis, int) and vis > 0 else 0
+    if side == 0 or 3 * side * side != vis:
+        raise DataError(
+            f"CIFAR-10 file {path}: 'num_vis' is {vis!r}, expected 3 x side^2 values per image (3072 for 3x32x32)"
+        )
+    return n, side
 
 
-def read_cifar_batch(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read one batch file and check keys, dtype, shape and labels; the error names the file."""
+def read_cifar_batch(path: Path, rows: int, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch file of ``rows`` images ``3 x side x side`` and check keys, dtype, shape and labels.
+
+    The error names the file.
+    """
     d = _unpickle(path)
     missing = [k for k in ("data", "labels") if k not in d]
     if missing:
@@ -133,10 +152,11 @@ def read_cifar_batch(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"CIFAR-10 file {path}: b'data' is a {type(data).__name__}, expected a numpy array")
     if data.dtype != np.uint8:
         raise DataError(f"CIFAR-10 file {path}: b'data' has dtype {data.dtype}, expected uint8")
-    if data.shape != (rows, 3072):
+    vis = 3 * side * side
+    if data.shape != (rows, vis):
         raise DataError(
-            f"CIFAR-10 file {path}: b'data' has shape {tuple(data.shape)}, expected ({rows}, 3072) "
-            f"({rows} rows per file as batches.meta says, 3072 = 3x32x32 values per image)"
+            f"CIFAR-10 file {path}: b'data' has shape {tuple(data.shape)}, expected ({rows}, {vis}) "
+            f"({rows} rows per file as batches.meta says, {vis} = 3x{side}x{side} values per image)"
         )
     try:
         labels = np.asarray(d["labels"], dtype=np.int64)
@@ -159,38 +179,101 @@ def _find_cifar_dir(root: Path) -> Path | None:
     return None
 
 
-def load_cifar10(root, split: str = "train", download: bool = False) -> tuple[Tensor, Tensor]:
+def load_cifar10(root=None, split: str = "train", download: bool = False) -> tuple[Tensor, Tensor]:
     """CIFAR-10 from the python batches in ``root`` (or ``root/cifar-10-batches-py``).
 
     Arguments:
-        root: the extracted ``cifar-10-batches-py`` directory, or its parent.
+        root: the extracted ``cifar-10-batches-py`` directory, or its parent; ``None``: the
+            conventions of :func:`find_cifar10` (``$FLOWLIB_DATA``, ``~/.cache/flowlib``).
         split: ``"train"`` (``data_batch_1..5``, 50,000 images) or ``"test"`` (``test_batch``, 10,000).
-        download: fetch and extract the official archive into ``root`` when no batches are found.
+        download: fetch and extract the official archive there when no batches are found.
 
     Returns:
-        ``images`` uint8 ``[N, 3, 32, 32]`` and ``labels`` int64 ``[N]``.
+        ``images`` uint8 ``[N, 3, S, S]`` (``S = 32`` for the official files; ``batches.meta``
+        of a downsampled copy says ``S``) and ``labels`` int64 ``[N]``.
 
     Each file is checked for the keys ``b'data'`` and ``b'labels'``, uint8 data of shape
-    ``(rows, 3072)``, labels in 0..9, and the row count ``num_cases_per_batch`` of
+    ``(rows, 3 S^2)``, labels in 0..9, and the row count ``num_cases_per_batch`` of
     ``batches.meta`` (10,000 in the official files, so 50,000 train and 10,000 test images).
     A :class:`DataError` names the first bad file and what is wrong with it.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root).expanduser()
-    found = _find_cifar_dir(root)
-    if found is None:
-        if not download:
-            what = "does not exist" if not root.exists() else "holds no CIFAR-10 batches"
-            raise DataError(f"CIFAR-10 directory {root} {what}; {_HOW_TO_GET}")
-        found = download_cifar10(root)
-    rows = read_cifar_meta(found / META_FILE)
+    found = find_cifar10(root, download=download)
+    rows, side = read_cifar_meta(found / META_FILE)
     files = TRAIN_FILES if split == "train" else (TEST_FILE,)
-    parts = [read_cifar_batch(found / name, rows) for name in files]
-    data = np.concatenate([p[0] for p in parts])  # [N, 3072], R plane then G then B, rows of 32
+    parts = [read_cifar_batch(found / name, rows, side) for name in files]
+    data = np.concatenate([p[0] for p in parts])  # [N, 3 S^2], R plane then G then B, rows of S
     labels = np.concatenate([p[1] for p in parts])
-    images = torch.from_numpy(data).view(-1, 3, 32, 32)  # [N, 3, 32, 32]
+    images = torch.from_numpy(data).view(-1, 3, side, side)  # [N, 3, S, S]
     return images, torch.from_numpy(labels)
+
+
+def find_cifar10(data_dir=None, download: bool = False) -> Path:
+    """The ``cifar-10-batches-py`` directory to use, by convention; download only when asked.
+
+    The place looked at is the first of: ``data_dir`` (when not ``None``), the environment
+    variable ``FLOWLIB_DATA`` (when set), ``~/.cache/flowlib/cifar-10-batches-py``. Each may
+    be the ``cifar-10-batches-py`` directory itself or its parent. Only that one place is
+    used, so a wrong explicit path is an error rather than a silent switch to another copy.
+
+    Arguments:
+        data_dir: an explicit directory, or ``None`` for the conventions.
+        download: when the place holds no batches, fetch the official archive there
+            (MD5-checked, :func:`download_cifar10`); otherwise raise.
+
+    Returns:
+        the directory holding ``batches.meta``, the batch files and ``test_batch``.
+
+    Raises:
+        DataError: no batches at that place (and ``download=False``), naming the place and
+        where the name came from.
+
+    Example::
+
+        root = find_cifar10()          # $FLOWLIB_DATA or ~/.cache/flowlib/cifar-10-batches-py
+        images, labels = load_cifar10(root, "test")
+    """
+    if data_dir is not None:
+        root, origin = Path(data_dir).expanduser(), "the data_dir argument"
+    elif os.environ.get("FLOWLIB_DATA"):
+        root, origin = Path(os.environ["FLOWLIB_DATA"]).expanduser(), "$FLOWLIB_DATA"
+    else:
+        root, origin = Path.home() / ".cache" / "flowlib" / CIFAR10_DIRNAME, "the default location"
+    found = _find_cifar_dir(root)
+    if found is not None:
+        return found
+    if download:
+        return download_cifar10(root.parent if root.name == CIFAR10_DIRNAME else root)
+    what = "does not exist" if not root.exists() else "holds no CIFAR-10 batches"
+    raise DataError(
+        f"CIFAR-10 not found: {root} ({origin}) {what}; pass download=True (command line: --download) "
+        f"to fetch {CIFAR10_URL} there, or point data_dir (--data-dir) or $FLOWLIB_DATA to an extracted "
+        f"'{CIFAR10_DIRNAME}' directory or its parent"
+    )
+
+
+def average_pool(images, factor: int = 2) -> Tensor:
+    """uint8 images downsampled by averaging ``factor x factor`` blocks, rounded to the nearest level.
+
+    ``y[n, c, i, j] = round(mean_{a,b < f} x[n, c, f i + a, f j + b])`` (halves round up),
+    ``[N, C, H, W] -> [N, C, H/f, W/f]``; cost ``O(N C H W)``. The result is again 8-bit
+    data, so bits/dim on it are bits per dimension of the *smaller* image: not comparable
+    with numbers on the original size.
+
+    Example::
+
+        small = average_pool(torch.full((1, 3, 32, 32), 7, dtype=torch.uint8))  # [1, 3, 16, 16], all 7
+    """
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, C, H, W], got {x.dtype} {list(x.shape)}")
+    N, C, H, W = x.shape
+    if factor < 1 or H % factor or W % factor:
+        raise ValueError(f"factor must be a positive divisor of H = {H} and W = {W}, got {factor}")
+    blocks = x.reshape(N, C, H // factor, factor, W // factor, factor).to(torch.int32).sum((3, 5))
+    area = factor * factor
+    return ((2 * blocks + area) // (2 * area)).to(torch.uint8)  # round(sum / area), halves up
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,16 +370,17 @@ def write_cifar_batches(directory, images, labels) -> Path:
 
     Arguments:
         directory: created if needed; receives ``data_batch_1..5``, ``test_batch`` and ``batches.meta``.
-        images: uint8 ``[6 * n, 3, 32, 32]`` (tensor or array); rows ``k*n .. (k+1)*n`` go to
-            ``data_batch_{k+1}`` for k = 0..4 and the last ``n`` rows to ``test_batch``.
+        images: uint8 ``[6 * n, 3, S, S]`` (tensor or array; ``S = 32`` is CIFAR-10's size, a
+            downsampled copy records its ``S`` in ``batches.meta``); rows ``k*n .. (k+1)*n`` go
+            to ``data_batch_{k+1}`` for k = 0..4 and the last ``n`` rows to ``test_batch``.
         labels: integers in 0..9, ``[6 * n]``.
 
     Returns the directory; :func:`load_cifar10` reads it back (``n`` rows per file).
     """
     images = np.asarray(images.cpu() if isinstance(images, Tensor) else images)
     labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-        raise ValueError(f"images must be uint8 [6*n, 3, 32, 32], got {images.dtype} {list(images.shape)}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images must be uint8 [6*n, 3, S, S], got {images.dtype} {list(images.shape)}")
     if images.shape[0] == 0 or images.shape[0] % 6 or labels.shape != (images.shape[0],):
         raise ValueError(
             f"need 6*n images (5 train batches + 1 test batch of n each) and as many labels, "
@@ -306,8 +390,8 @@ def write_cifar_batches(directory, images, labels) -> Path:
         raise ValueError("labels must lie in 0..9")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    n = images.shape[0] // 6
-    flat = np.ascontiguousarray(images.reshape(images.shape[0], 3072))  # [6n, 3072]
+    n, vis = images.shape[0] // 6, 3 * images.shape[2] ** 2
+    flat = np.ascontiguousarray(images.reshape(images.shape[0], vis))  # [6n, 3 S^2]
     for k, name in enumerate((*TRAIN_FILES, TEST_FILE)):
         rows = slice(k * n, (k + 1) * n)
         batch_label = f"{'testing' if name == TEST_FILE else 'training'} batch {min(k + 1, 5)} of 5"
@@ -320,7 +404,7 @@ def write_cifar_batches(directory, images, labels) -> Path:
             },
             directory / name,
         )
-    meta = {b"num_cases_per_batch": n, b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": 3072}
+    meta = {b"num_cases_per_batch": n, b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": vis}
     _dump_py2(meta, directory / META_FILE)
     return directory
 
@@ -374,13 +458,13 @@ def load_synthetic(n: int = 2000, shape=(3, 8, 8), seed: int = 0) -> tuple[Tenso
 
 
 def load_dataset(name: str, root=None, split: str = "train", download: bool = False) -> tuple[Tensor, Tensor]:
-    """Dispatch over ``"cifar10"`` (needs ``root``), ``"digits"`` and ``"synthetic"``.
+    """Dispatch over ``"cifar10"``, ``"digits"`` and ``"synthetic"``.
 
-    ``synthetic`` has 2,000 train images (seed 0) and 500 test images (seed 1) of shape 3x8x8.
+    ``cifar10`` reads the directory :func:`find_cifar10` gives for ``root`` (``None``: the
+    conventions ``$FLOWLIB_DATA``, then ``~/.cache/flowlib``). ``synthetic`` has 2,000 train
+    images (seed 0) and 500 test images (seed 1) of shape 3x8x8.
     """
     if name == "cifar10":
-        if root is None:
-            raise DataError(f"the cifar10 data set needs a data directory; {_HOW_TO_GET}")
         return load_cifar10(root, split, download=download)
     if name == "digits":
         return load_digits(split)

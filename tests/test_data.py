@@ -99,11 +99,58 @@ def test_pickle_with_foreign_objects_is_refused(cifar_dir):
         data.load_cifar10(d, "train")
 
 
-def test_missing_directory_says_how_to_get_the_data(tmp_path):
+def test_missing_directory_says_how_to_get_the_data(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"does not exist.*download=True.*cifar-10-batches-py"):
         data.load_cifar10(tmp_path / "nowhere")
-    with pytest.raises(DataError, match=r"needs a data directory"):
+    monkeypatch.delenv("FLOWLIB_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DataError, match=r"home/.cache/flowlib/cifar-10-batches-py \(the default location\)"):
         data.load_dataset("cifar10", None)
+
+
+@pytest.fixture
+def no_conventions(tmp_path, monkeypatch):
+    """No $FLOWLIB_DATA and an empty home directory: only what a test puts there is found."""
+    monkeypatch.delenv("FLOWLIB_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / ".cache" / "flowlib" / "cifar-10-batches-py"
+
+
+def test_find_cifar10_order_explicit_then_env_then_cache(tmp_path, monkeypatch, no_conventions):
+    x, y = _images(6)
+    cache = data.write_cifar_batches(no_conventions, x, y)
+    env = data.write_cifar_batches(tmp_path / "env" / "cifar-10-batches-py", x, y)
+    explicit = data.write_cifar_batches(tmp_path / "mine", x, y)
+    assert data.find_cifar10() == cache
+    monkeypatch.setenv("FLOWLIB_DATA", str(env.parent))  # the parent works as well as the directory
+    assert data.find_cifar10() == env
+    monkeypatch.setenv("FLOWLIB_DATA", str(env))
+    assert data.find_cifar10() == env
+    assert data.find_cifar10(explicit) == explicit  # an explicit argument wins over both
+    with pytest.raises(DataError, match=r"home \(the data_dir argument\) holds no CIFAR-10 batches"):
+        data.find_cifar10(tmp_path / "home")  # ... and is the only place looked at
+    monkeypatch.setenv("FLOWLIB_DATA", str(tmp_path / "typo"))  # a wrong $FLOWLIB_DATA is not skipped
+    with pytest.raises(DataError, match=r"typo \(\$FLOWLIB_DATA\) does not exist"):
+        data.find_cifar10()
+
+
+def test_find_cifar10_downloads_only_when_asked(tmp_path, monkeypatch, no_conventions):
+    payload, x = _archive(tmp_path)
+    calls = []
+
+    def fake_urlopen(url, timeout):
+        calls.append(url)
+        return _Response(payload)
+
+    monkeypatch.setattr(data, "urlopen", fake_urlopen)
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    with pytest.raises(DataError, match="default location"):
+        data.find_cifar10()
+    assert calls == []  # no network without download=True
+    assert data.find_cifar10(download=True) == no_conventions
+    assert calls == [data.CIFAR10_URL]
+    xte, _ = data.load_dataset("cifar10", None, "test")  # the conventions, now satisfied, need no download
+    assert torch.equal(xte, x[10:]) and len(calls) == 1
 
 
 class _Response(io.BytesIO):
@@ -158,8 +205,32 @@ def test_write_rejects_bad_input(tmp_path):
     x, y = _images(7)
     with pytest.raises(ValueError, match=r"6\*n images"):
         data.write_cifar_batches(tmp_path, x, y)
-    with pytest.raises(ValueError, match=r"uint8 \[6\*n, 3, 32, 32\]"):
+    with pytest.raises(ValueError, match=r"uint8 \[6\*n, 3, S, S\]"):
         data.write_cifar_batches(tmp_path, x[:6].float(), y[:6])
+    with pytest.raises(ValueError, match=r"uint8 \[6\*n, 3, S, S\]"):
+        data.write_cifar_batches(tmp_path, x[:6, :, :, :16], y[:6])  # not square
+
+
+def test_average_pool_against_a_loop_and_a_downsampled_roundtrip(tmp_path):
+    x, y = _images(12)
+    small = data.average_pool(x, 2)
+    assert small.dtype == torch.uint8 and small.shape == (12, 3, 16, 16)
+    for n, c, i, j in [(0, 0, 0, 0), (3, 1, 7, 11), (11, 2, 15, 15)]:
+        block = x[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].double()
+        assert small[n, c, i, j].item() == int(block.mean().item() + 0.5)  # round half up
+    ties = torch.tensor([[[[0, 1], [0, 1]], [[0, 0], [0, 1]]]], dtype=torch.uint8)  # means 0.5 and 0.25
+    assert data.average_pool(ties, 2).flatten().tolist() == [1, 0]
+    assert torch.equal(data.average_pool(x, 1), x)
+    with pytest.raises(ValueError, match="positive divisor"):
+        data.average_pool(x, 3)
+    # a 16x16 copy in the CIFAR format records its size and loads back as [N, 3, 16, 16]
+    d = data.write_cifar_batches(tmp_path / "small", small, y)
+    assert data.read_cifar_meta(d / "batches.meta") == (2, 16)
+    xtr, _ = data.load_cifar10(d, "train")
+    assert torch.equal(xtr, small[:10])
+    _rewrite(d / "batches.meta", num_vis=1000)
+    with pytest.raises(DataError, match=r"'num_vis' is 1000, expected 3 x side\^2"):
+        data.load_cifar10(d, "train")
 
 
 def test_digits_and_synthetic():
