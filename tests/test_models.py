@@ -9,10 +9,15 @@ import math
 import pytest
 import torch
 
+from flowlib.layers import make
+from flowlib.layers.convexp import ConvExp
 from flowlib.models import PRESETS, ModelConfig, build_model, squeeze2d, unsqueeze2d
 from flowlib.models.config import MIXINGS
+from flowlib.models.dequant import context_encoder
+from flowlib.models.mixing import PixelBias, make_mixing
 from flowlib.models.priors import standard_normal_logp
-from flowlib.testing import perturb_
+from flowlib.nets import DenseBlock, DenseNet, GatedConv2d
+from flowlib.testing import flow_errors, perturb_
 
 TINY = dict(
     image_shape=(1, 8, 8),
@@ -23,6 +28,8 @@ TINY = dict(
     dequant_subflows=1,
     dequant_context=4,
 )
+# The official layout of Hoogeboom et al.'s code (as the paper-mixing preset), at TINY size.
+OFFICIAL = dict(layout="official", actnorm=False, convexp_bias=True, dequant_encoder="densenet")
 
 
 def _digits(n: int, seed: int = 0) -> torch.Tensor:
@@ -60,6 +67,7 @@ def test_squeeze_is_a_permutation():
     "model_type,extra",
     [
         ("glow", dict(mixing="conv1x1", dequant="flow")),
+        ("glow", dict(mixing="convexp", dequant_mixing="convexp", **OFFICIAL)),
         ("glow", dict(mixing="none", preprocess="logit", split_prior=False, learned_prior=False)),
         ("coupling", dict(coupling="exp")),
         ("sylvester", dict(net="densenet", densenet_depth=2, densenet_growth=4, n_intermediate_channels=4)),
@@ -89,6 +97,7 @@ def test_encode_decode_round_trip(model_type, extra):
         ("glow", dict(mixing="convexp", coupling="conf", preprocess="logit")),
         ("glow", dict(mixing="emerging", coupling="exp")),
         ("glow", dict(mixing="woodbury")),
+        ("glow", dict(mixing="convexp", **OFFICIAL)),
         ("sylvester", dict()),
     ],
 )
@@ -98,15 +107,12 @@ def test_log_prob_is_sum_of_terms_and_logdets_match_jacobian(model_type, extra):
     x = _digits(2)
     _ready(model, x, seed=1)
     terms = model.terms(x, _gen(5))
-    assert {
-        "discretization",
-        "dequantization",
-        "preprocess",
-        "prior",
-        "level0.split_prior",
-        "level0.step0.actnorm",
-        "level1.step1.actnorm",
-    } <= set(terms)
+    expected_names = {"discretization", "dequantization", "preprocess", "prior", "level0.split_prior"}
+    if model.config.actnorm:
+        expected_names |= {"level0.step0.actnorm", "level1.step1.actnorm"}
+    else:
+        assert not any(k.endswith("actnorm") for k in terms), list(terms)
+    assert expected_names <= set(terms)
     log_prob = model.log_prob(x, _gen(5))
     assert torch.allclose(log_prob, sum(terms.values()), rtol=0, atol=1e-9)
     assert torch.allclose(terms["discretization"], torch.full((2,), -64 * 8 * math.log(2), dtype=torch.float64))
@@ -126,10 +132,15 @@ def test_log_prob_is_sum_of_terms_and_logdets_match_jacobian(model_type, extra):
         assert torch.allclose(flow_terms[b], expected, atol=1e-8), (float(flow_terms[b]), float(expected))
 
 
-def test_flow_dequantizer_log_q_matches_jacobian():
+@pytest.mark.parametrize(
+    "extra",
+    [dict(mixing="conv1x1"), dict(mixing="convexp", dequant_mixing="convexp", **OFFICIAL)],
+    ids=["glow", "official"],
+)
+def test_flow_dequantizer_log_q_matches_jacobian(extra):
     # log q(u|x) = log N(eps) - log|det du/deps|: compare the log-det with the brute-force Jacobian.
     torch.manual_seed(2)
-    model = build_model(ModelConfig(model_type="glow", mixing="conv1x1", dequant="flow", **TINY)).double()
+    model = build_model(ModelConfig(model_type="glow", dequant="flow", **TINY, **extra)).double()
     perturb_(model, 0.1, _gen(2))
     dq = model.dequantizer
     xq = model.quantize_input(_digits(1))
@@ -162,6 +173,7 @@ def _tiny_variants():
             id="glow-densenet-flowdequant",
         )
     )
+    out.append(pytest.param("glow", dict(mixing="convexp", **OFFICIAL), id="glow-official-layout"))
     return out
 
 
@@ -260,10 +272,106 @@ def test_training_on_digits_lowers_bpd():
     assert last < first - 0.5, (first, last)
 
 
-@pytest.mark.parametrize(("mixing", "growth"), [("convexp", 63), ("conv1x1", 64), ("emerging", 63), ("woodbury", 63)])
+@pytest.mark.parametrize(("mixing", "growth"), [("conv1x1", 64), ("emerging", 63), ("woodbury", 63)])
 def test_paper_mixing_matches_the_official_parameter_budget(mixing, growth):
-    """The official paper-mixing convexp model has 55.9 M parameters (issue 7): within 5%, from the architecture."""
+    """The official paper-mixing models have about 55.9 M parameters (issue 7): within 5%, from the architecture."""
     with torch.device("meta"):  # count parameters without allocating 55 M floats
         model = build_model("paper-mixing", mixing=mixing, densenet_growth=growth)
     n = sum(p.numel() for p in model.parameters())
     assert abs(n / 55.9e6 - 1) < 0.05, f"{mixing}: {n / 1e6:.2f} M parameters"
+
+
+# Parameter counts of the official convexp mixing model (main_experiment.py with the README's convexp
+# command), worked out by hand from its modules: 55,908,936 in all ("Number of Parameters" in its log).
+OFFICIAL_CONVEXP_COUNTS = {"total": 55_908_936, "dequantizer.encoder": 230_192}
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_paper_mixing_convexp_has_the_official_parameter_count():
+    """Issue 15: the paper-mixing convexp model within 0.5% of the official 55.91 M, part by part."""
+    with torch.device("meta"):
+        model = build_model("paper-mixing")
+    n = _count(model)
+    print(f"paper-mixing convexp: {n:,} parameters, official {OFFICIAL_CONVEXP_COUNTS['total']:,}")
+    assert abs(n / OFFICIAL_CONVEXP_COUNTS["total"] - 1) < 0.005, n
+    assert _count(model.dequantizer.encoder) == OFFICIAL_CONVEXP_COUNTS["dequantizer.encoder"]
+    # The official layout: 21 convexp layers in the flow, 5 in the dequantizer, no actnorm,
+    # per-pixel biases before and after each convexp (2 C H W = 6144 at 12 x 16 x 16).
+    convexps = [m for m in model.modules() if isinstance(m, ConvExp)]
+    assert len(convexps) == 10 + 10 + 1 + 4 + 1
+    assert not any(type(m).__name__ == "ActNorm" for m in model.modules())
+    biases = [m for m in model.modules() if isinstance(m, PixelBias)]
+    assert len(biases) == 2 * len(convexps)
+    assert list(model.levels[0].steps[0]) == ["first_mixing", "coupling", "mixing"]
+    assert _count(model.levels[0].steps[0]["mixing"]) - _count(model.levels[0].steps[0]["mixing"][1]) == 6144
+
+
+def test_gated_conv_is_a_plus_b_sigmoid_c():
+    torch.manual_seed(0)
+    gate = GatedConv2d(5, 2).double()
+    perturb_(gate, 0.5, _gen(1))
+    x = torch.randn(3, 5, 4, 4, dtype=torch.float64)
+    h = torch.nn.functional.conv2d(x, gate.conv.weight, gate.conv.bias)  # [3, 6, 4, 4]
+    a, b, c = h[:, 0:2], h[:, 2:4], h[:, 4:6]
+    assert torch.allclose(gate(x), a + b * torch.sigmoid(c), rtol=0, atol=1e-14)
+    assert _count(gate) == 3 * 2 * (5 + 1)
+    # The dense block ends in the gate, or in a plain (linear) 1x1 convolution when ungated.
+    linear = DenseBlock(3, 4, depth=1, growth=2, gated=False).double()
+    perturb_(linear, 0.5, _gen(2))
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert torch.allclose(
+        linear(2 * x) - linear(x), linear.merge(linear.layers(2 * x)) - linear.merge(linear.layers(x))
+    )
+    assert float(linear(x).min()) < 0  # not clipped by a ReLU
+    assert float(DenseNet(3, 4, depth=2, growth=4, intermediate=6)(x.float()).abs().max()) == 0  # zero-initialised head
+
+
+def test_context_encoder_sizes():
+    for kind, n in (("conv", 9 * 3 * 32 + 13 * 32 * 32 + 3 * 32), ("densenet", 230_192)):
+        enc = context_encoder(kind, 3, 32)
+        assert enc(torch.zeros(2, 3, 8, 6)).shape == (2, 32, 4, 3)
+        assert _count(enc) == n, (kind, _count(enc))
+    with pytest.raises(ValueError, match="context encoder"):
+        context_encoder("unet", 3, 32)
+
+
+def test_pixel_bias_and_convexp_with_biases_invert_exactly():
+    torch.manual_seed(0)
+    bias = perturb_(PixelBias((2, 3, 4)).double(), 1.0, _gen(0))
+    x = torch.randn(5, 2, 3, 4, dtype=torch.float64)
+    y, logdet = bias(x)
+    assert torch.allclose(y - x, bias.bias.detach().expand_as(x), rtol=0, atol=1e-14)
+    assert torch.equal(logdet, torch.zeros(5, dtype=torch.float64))
+    assert float((bias.inverse(y) - x).abs().max()) < 1e-15
+    with pytest.raises(ValueError, match="fixed image shape"):
+        PixelBias((2, None, None))
+    layer = make_mixing("convexp", (4, 4, 4), convexp_bias=True).double()
+    perturb_(layer, 0.1, _gen(1))
+    assert float(layer[0].bias.abs().min()) > 0 and float(layer[2].bias.abs().min()) > 0
+    errors = flow_errors(layer.eval(), torch.randn(2, 4, 4, 4, dtype=torch.float64))
+    assert errors["inverse"] < 1e-6 and errors["logdet"] < 1e-8, errors
+    assert type(make_mixing("conv1x1", (4, 4, 4), convexp_bias=True)) is type(make("conv1x1", shape=(4, 4, 4)))
+
+
+def _convexps(module):
+    return [m for m in module.modules() if isinstance(m, ConvExp)]
+
+
+def test_mixing_kwargs_reach_every_mixing_layer_including_the_dequantizer():
+    cfg = ModelConfig(
+        model_type="glow", mixing="convexp", dequant="flow", dequant_mixing="convexp", **TINY, **OFFICIAL
+    ).replace(mixing_kwargs={"kernel_size": 5})
+    model = build_model(cfg)
+    layers = _convexps(model)
+    assert len(layers) == 2 * 2 + 1 + 1 + 1 and len(_convexps(model.dequantizer)) == 2
+    assert all(m.kernel.shape[-1] == 5 for m in layers), [tuple(m.kernel.shape) for m in layers]
+    # A dequantizer with another mixing layer does not get the model's kwargs, but its own.
+    cfg = cfg.replace(dequant_mixing="conv1x1", mixing_kwargs={"rho": 0.25}, dequant_mixing_kwargs={})
+    model = build_model(cfg)
+    assert all(m.rho == 0.25 for m in _convexps(model)) and not _convexps(model.dequantizer)
+    model = build_model(cfg.replace(dequant_mixing="convexp", dequant_mixing_kwargs={"rho": 0.125}))
+    assert all(m.rho == 0.25 for m in _convexps(model.levels))
+    assert all(m.rho == 0.125 for m in _convexps(model.dequantizer)) and _convexps(model.dequantizer)

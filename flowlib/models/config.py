@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["ModelConfig", "PRESETS", "MODEL_TYPES", "COUPLINGS", "MIXINGS"]
+__all__ = ["ModelConfig", "PRESETS", "MODEL_TYPES", "COUPLINGS", "MIXINGS", "LAYOUTS", "DEQUANT_ENCODERS"]
 
 MODEL_TYPES = ("glow", "sylvester", "residual", "coupling")
 # config name -> registered layer name
 COUPLINGS = {"affine": "affine_coupling", "exp": "exp_coupling", "conf": "conf_coupling"}
 MIXINGS = ("conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodbury", "periodic", "dct", "none")
+LAYOUTS = ("glow", "official")
+DEQUANT_ENCODERS = ("conv", "densenet")
 
 
 @dataclass
@@ -24,14 +26,24 @@ class ModelConfig:
     Structure: ``dequantize -> preprocess -> n_levels x [squeeze, n_subflows steps,
     split (all levels but the last)] -> prior``. A step is, by ``model_type``:
 
-    * ``"glow"``: actnorm -> ``mixing`` (a registered layer name, or ``"none"``: then
-      the couplings alternate which half they transform) -> ``coupling``.
-    * ``"coupling"``: the paper's coupling baseline: actnorm -> ``conv1x1`` -> ``coupling``
-      (``mixing`` is ignored; with ``net="conv"`` it is the 3x3-1x1-3x3 conditioner of
-      Hoogeboom et al.'s "Baseline Coupling Flow").
-    * ``"sylvester"``: actnorm -> convolutional Sylvester layer -> spatial flip (as in
+    * ``"glow"``: [actnorm] -> ``mixing`` (a registered layer name, or ``"none"``: then
+      the couplings alternate which half they transform) -> ``coupling`` with
+      ``layout="glow"`` (Kingma & Dhariwal's order); with ``layout="official"`` (the
+      order of Hoogeboom et al.'s code) one extra mixing layer right after the first
+      squeeze (``level0.step0.first_mixing``), then each step is [actnorm] -> ``coupling``
+      -> ``mixing``, so a mixing layer precedes every split and the final prior.
+    * ``"coupling"``: the paper's coupling baseline: [actnorm] -> ``conv1x1`` -> ``coupling``
+      (``mixing`` and ``layout`` are ignored; with ``net="conv"`` it is the 3x3-1x1-3x3
+      conditioner of Hoogeboom et al.'s "Baseline Coupling Flow").
+    * ``"sylvester"``: [actnorm] -> convolutional Sylvester layer -> spatial flip (as in
       the paper's model).
-    * ``"residual"``: actnorm -> residual block.
+    * ``"residual"``: [actnorm] -> residual block.
+
+    ``actnorm``: start every step with an actnorm layer (Glow; flowlib's default). The
+    official mixing model has none (``paper-mixing`` sets ``False``).
+    ``convexp_bias``: per-pixel biases ``[C, H, W]`` before and after every ``convexp``
+    mixing layer, main flow and dequantizer (:func:`flowlib.models.mixing.make_mixing`;
+    the official ``ConvExp`` module has them, the other official mixing layers do not).
 
     ``hidden_channels`` is the width of ``net="conv"`` conditioners, and is passed to the
     ``sylvester`` / ``residual`` layer as its width argument (``hidden_channels`` or
@@ -47,10 +59,16 @@ class ModelConfig:
     Gaussian ``N(mu(z1), sigma(z1))``; ``False``: a standard normal.
     ``dequant="uniform"``: ``x + U[0, 1)``; ``"flow"``: variational dequantization with
     ``dequant_subflows`` conditional couplings, a ``dequant_context``-channel image
-    encoder and ``dequant_mixing`` between couplings.
+    encoder (``dequant_encoder``: ``"conv"``, flowlib's small 3-layer CNN, or
+    ``"densenet"``, the official dense block - stride-2 conv - dense block, ~230 k
+    parameters at 32 channels) and ``dequant_mixing`` after each coupling (and one more
+    before the first with ``layout="official"``).
     ``preprocess="centered"``: ``v - 1/2``; ``"logit"``: ``logit(a + (1 - 2a) v)``, ``a = logit_alpha``.
     ``learned_prior``: per-channel mean and scale of the final Gaussian (zero-initialised).
-    ``mixing_kwargs``: extra keyword arguments for the mixing layer (e.g. series terms).
+    ``mixing_kwargs``: extra keyword arguments for every ``mixing`` layer of the model,
+    including the dequantizer's when ``dequant_mixing == mixing`` (so one setting, e.g.
+    ``{"kernel_size": 5}``, reaches every convexp layer); ``dequant_mixing_kwargs`` are
+    added to (and override) them for the dequantizer's mixing layers only.
     """
 
     model_type: str = "glow"
@@ -75,6 +93,11 @@ class ModelConfig:
     dequant_context: int = 32
     dequant_mixing: str = "conv1x1"
     mixing_kwargs: dict = field(default_factory=dict)
+    actnorm: bool = True
+    layout: str = "glow"
+    convexp_bias: bool = False
+    dequant_encoder: str = "conv"
+    dequant_mixing_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)  # JSON gives a list back
@@ -89,6 +112,10 @@ class ModelConfig:
         for name in ("mixing", "dequant_mixing"):
             if getattr(self, name) not in MIXINGS:
                 raise ValueError(f"{name} must be one of {MIXINGS}, got {getattr(self, name)!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.dequant_encoder not in DEQUANT_ENCODERS:
+            raise ValueError(f"dequant_encoder must be one of {DEQUANT_ENCODERS}, got {self.dequant_encoder!r}")
         if self.net not in ("conv", "densenet"):
             raise ValueError(f"net must be 'conv' or 'densenet', got {self.net!r}")
         if self.dequant not in ("uniform", "flow"):
@@ -122,6 +149,11 @@ class ModelConfig:
             "gated": self.gated_conv,
         }
 
+    def dequant_mixing_options(self) -> dict:
+        """Keyword arguments of the dequantizer's mixing layers (see ``mixing_kwargs``)."""
+        shared = self.mixing_kwargs if self.dequant_mixing == self.mixing else {}
+        return {**shared, **self.dequant_mixing_kwargs}
+
     def replace(self, **overrides) -> ModelConfig:
         """A copy with ``overrides`` applied; unknown names raise ``ValueError``."""
         names = {f.name for f in dataclasses.fields(self)}
@@ -133,10 +165,14 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     # Hoogeboom et al. 2020, mixing experiments (main_experiment.py): 2 levels x 10 subflows,
-    # densenet depth 8, n_intermediate_channels 64, gated convs, split prior, flow dequant.
+    # densenet depth 8, n_intermediate_channels 64, gated convs, split prior, flow dequant,
+    # and the official model's layout: a first mixing layer, coupling -> mixing steps, no
+    # actnorm, per-pixel biases around convexp, the dense-block context encoder: 55.91 M
+    # parameters with convexp, as the official code (tests/test_models.py counts them).
     # The official commands use growth 64 for 1x1 and 63 for convexp/emerging/woodbury (to
     # equalise parameter counts): this preset's default mixing is convexp, so 63; pass
-    # densenet_growth=64 together with mixing="conv1x1".
+    # densenet_growth=64 together with mixing="conv1x1". (The official dequantizer mixes
+    # with the model's own mixing layer: pass dequant_mixing too to reproduce other arms.)
     "paper-mixing": ModelConfig(
         model_type="glow",
         image_shape=(3, 32, 32),
@@ -154,10 +190,15 @@ PRESETS: dict[str, ModelConfig] = {
         dequant_subflows=4,
         dequant_context=32,
         dequant_mixing="convexp",
+        actnorm=False,
+        layout="official",
+        convexp_bias=True,
+        dequant_encoder="densenet",
     ),
     # Residual-transformation experiments (experiment_sylvester_network.py): 3 levels x 16
     # subflows, 528 internal channels; split priors / dequantizer use the script's default
-    # (ungated) densenet conditioner.
+    # (ungated) densenet conditioner, and its dequantizer the dense-block context encoder and a
+    # first mixing layer (layout "official"; the Sylvester steps themselves are unchanged).
     "paper-sylvester": ModelConfig(
         model_type="sylvester",
         image_shape=(3, 32, 32),
@@ -173,6 +214,8 @@ PRESETS: dict[str, ModelConfig] = {
         dequant="flow",
         mixing="none",
         dequant_mixing="conv1x1",
+        layout="official",
+        dequant_encoder="densenet",
     ),
     # Minutes on one GPU.
     "small-mixing": ModelConfig(

@@ -24,6 +24,7 @@ from ..layers import make
 from ..layers.registry import available, get
 from .config import COUPLINGS, PRESETS, ModelConfig
 from .dequant import FlowDequantizer, Preprocess, UniformDequantizer
+from .mixing import make_mixing
 from .priors import GaussianPrior, SplitPrior
 from .reshape import Flip, Squeeze
 
@@ -36,15 +37,23 @@ def _width_kwargs(name: str, width: int) -> dict:
     return {key: width for key in ("hidden_channels", "hidden") if key in params}
 
 
-def _step(cfg: ModelConfig, shape: tuple, index: int) -> nn.ModuleDict:
-    """One step of flow at ``shape``, as an ordered ``name -> Flow`` dict."""
-    layers = {"actnorm": make("actnorm", shape=shape)}
+def _step(cfg: ModelConfig, shape: tuple, index: int, first: bool) -> nn.ModuleDict:
+    """Step ``index`` of flow at ``shape``, as an ordered ``name -> Flow`` dict (``first``: the model's first step)."""
+    layers = {}
+    if cfg.model_type == "glow" and cfg.layout == "official" and first and cfg.mixing != "none":
+        layers["first_mixing"] = make_mixing(cfg.mixing, shape, cfg.convexp_bias, **cfg.mixing_kwargs)
+    if cfg.actnorm:
+        layers["actnorm"] = make("actnorm", shape=shape)
     if cfg.model_type in ("glow", "coupling"):
         mixing = "conv1x1" if cfg.model_type == "coupling" else cfg.mixing
-        if mixing != "none":
-            layers["mixing"] = make(mixing, shape=shape, **cfg.mixing_kwargs)
         swap = mixing == "none" and index % 2 == 1  # no mixing: alternate the transformed half
-        layers["coupling"] = make(COUPLINGS[cfg.coupling], shape=shape, net=cfg.net, swap=swap, **cfg.net_kwargs())
+        coupling = make(COUPLINGS[cfg.coupling], shape=shape, net=cfg.net, swap=swap, **cfg.net_kwargs())
+        if mixing == "none":
+            layers["coupling"] = coupling
+        else:
+            mix = make_mixing(mixing, shape, cfg.convexp_bias, **(cfg.mixing_kwargs if mixing == cfg.mixing else {}))
+            official = cfg.model_type == "glow" and cfg.layout == "official"
+            layers.update({"coupling": coupling, "mixing": mix} if official else {"mixing": mix, "coupling": coupling})
     elif cfg.model_type == "sylvester":
         layers["sylvester"] = make("sylvester", shape=shape, **_width_kwargs("sylvester", cfg.hidden_channels))
         layers["flip"] = Flip(shape)
@@ -56,11 +65,11 @@ def _step(cfg: ModelConfig, shape: tuple, index: int) -> nn.ModuleDict:
 class _Level(nn.Module):
     """``squeeze -> steps -> split`` at one resolution (``split`` is ``None`` on the last level)."""
 
-    def __init__(self, cfg: ModelConfig, shape: tuple, last: bool):
+    def __init__(self, cfg: ModelConfig, shape: tuple, first: bool, last: bool):
         super().__init__()
         self.squeeze = Squeeze(shape)
         shape = self.squeeze.out_shape
-        self.steps = nn.ModuleList(_step(cfg, shape, j) for j in range(cfg.n_subflows))
+        self.steps = nn.ModuleList(_step(cfg, shape, j, first and j == 0) for j in range(cfg.n_subflows))
         self.split = None
         if not last:
             self.split = SplitPrior(shape, learned=cfg.split_prior, net=cfg.net, **cfg.net_kwargs())
@@ -104,11 +113,15 @@ class FlowModel(nn.Module):
                 config.dequant_context,
                 config.dequant_mixing,
                 config.net,
+                encoder=config.dequant_encoder,
+                first_mixing=config.layout == "official",
+                mixing_kwargs=config.dequant_mixing_options(),
+                convexp_bias=config.convexp_bias,
                 **config.net_kwargs(),
             )
         levels, shape = [], config.image_shape
         for i in range(config.n_levels):
-            levels.append(_Level(config, shape, last=i == config.n_levels - 1))
+            levels.append(_Level(config, shape, first=i == 0, last=i == config.n_levels - 1))
             shape = levels[-1].out_shape
         self.levels = nn.ModuleList(levels)
         self.prior = GaussianPrior(shape, learned=config.learned_prior)
