@@ -29,11 +29,24 @@ Choices worth knowing:
   smoothly). Alternative: ``--optimizer adamw`` (same warm-up, cosine to 0 at ``steps``).
 * NaN/Inf guard: loss and gradient norm are checked every step (one device sync per step,
   one small all-reduce under DDP); a bad step is never applied, ``--on-nonfinite stop`` ends
-  the run naming the step and the first non-finite parameter/gradient/layer, ``skip`` drops
-  the batch. Checkpoints refuse non-finite parameters, so ``last.pt`` stays usable.
+  the run naming the step and the first non-finite input batch/parameter/gradient/layer,
+  ``skip`` drops the batch. Checkpoints refuse non-finite parameters and optimizer state, so
+  ``last.pt`` stays usable.
+* Divergence guard: a run whose logged train bpd stays above ``diverge_factor`` times the
+  uniform model's ``n_bits`` bits/dim for ``diverge_logs`` logs in a row stops (exit code 1)
+  before it writes checkpoints of a useless model (``--diverge-factor 0`` turns it off).
 * Exact resume: checkpoints hold model, optimizer, scheduler, step, every rank's RNG state
   and the data order; evaluation and sampling run under forked RNGs so they never shift it.
-* Ctrl-C or SIGTERM: finish the current step, write ``last.pt``, exit with code 130.
+  ``--resume`` refuses settings that differ from the saved run, except those in
+  :data:`RESUME_MAY_CHANGE` (``--steps``, ``--eval-every``, ``--save-every``, ...).
+* Ctrl-C or SIGTERM (also during start-up): stop at the next step boundary, write ``last.pt``
+  there, exit with code 130. A second Ctrl-C aborts at once and writes nothing more (a
+  checkpoint being written is finished first); the message says which step ``last.pt`` holds.
+  After the last step, a signal stops the final evaluation; ``--resume`` writes it later.
+* The output directory (:mod:`flowlib.rundir`): a fresh run refuses a non-empty ``--out``
+  (``--overwrite`` replaces only the trainer's own files), a lock file ``train.lock`` keeps a
+  second trainer out, every JSON file is strict (no NaN/Infinity), damaged ``metrics.jsonl``
+  lines are set aside into ``metrics.damaged.jsonl``, a full disk names the path and free space.
 * DDP: actnorm's data-dependent init runs on every rank before wrapping (it all-reduces its
   statistics); only rank 0 logs and writes.
 """
@@ -41,11 +54,11 @@ Choices worth knowing:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -58,17 +71,29 @@ import torch.distributed as dist
 from torch import nn
 
 import flowlib
-from flowlib import amp, data
+from flowlib import amp, data, rundir
+from flowlib.validate import ConfigError, check_int, check_number, check_numbers
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "train", "main", "ConfigError", "NonFiniteError", "lr_factor"]
-
-
-class ConfigError(ValueError):
-    """A bad setting, found before training starts; the command line turns it into a usage error."""
+__all__ = [
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "RESUME_MAY_CHANGE",
+    "train",
+    "main",
+    "ConfigError",
+    "NonFiniteError",
+    "DivergedError",
+    "lr_factor",
+]
 
 
 class NonFiniteError(RuntimeError):
     """The loss or a gradient became NaN/Inf; the message names the step and, if it can, the layer."""
+
+
+class DivergedError(NonFiniteError):
+    """The train bpd stayed above the divergence bound: finite, but as useless as a NaN (a subclass so
+    callers that handle non-finite runs handle these too)."""
 
 
 # The training part of each model preset (the model part is flowlib.models.PRESETS).
@@ -76,12 +101,29 @@ class NonFiniteError(RuntimeError):
 # batch 256, LambdaLR factor min(1, (epoch+1)/10) * 0.995**epoch stepped once per epoch;
 # gradient-norm clipping at 1 only in the Sylvester / residual experiments.
 TRAIN_PRESETS: dict[str, dict] = {
-    "paper-mixing": dict(batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, eval_every=2000, save_every=1000),
+    # The paper-scale evaluation uses 1000 importance samples (issue 15); tiny/small keep the cheap default.
+    "paper-mixing": dict(
+        batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, eval_every=2000, save_every=1000, iw_samples=1000
+    ),
     "paper-sylvester": dict(
-        batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0, eval_every=2000, save_every=1000
+        batch_size=256,
+        lr=1e-3,
+        warmup_epochs=10.0,
+        lr_decay=0.995,
+        grad_clip=1.0,
+        eval_every=2000,
+        save_every=1000,
+        iw_samples=1000,
     ),
     "paper-residual": dict(
-        batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, grad_clip=1.0, eval_every=2000, save_every=1000
+        batch_size=256,
+        lr=1e-3,
+        warmup_epochs=10.0,
+        lr_decay=0.995,
+        grad_clip=1.0,
+        eval_every=2000,
+        save_every=1000,
+        iw_samples=1000,
     ),
     "small-mixing": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, eval_every=1000, save_every=500),
     "small-sylvester": dict(
@@ -132,6 +174,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global gradient norm (0: no clipping; the norm is always logged)
     on_nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
     max_skips: int = 20  # skip mode: stop after this many non-finite steps in a row
+    diverge_factor: float = 2.0  # stop when train bpd > this * n_bits (the uniform model's bpd); 0: never
+    diverge_logs: int = 3  # ... for this many logged values in a row
     # evaluation, logging, checkpoints
     out: str = "runs/flow"
     resume: bool = False  # continue exactly from out/last.pt
@@ -143,7 +187,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample grids (0: only at the end)
     n_samples: int = 64  # images per sample grid
     temperatures: tuple = (0.0, 0.5, 0.7, 1.0)
-    iw_samples: int = 16  # importance samples of the final log_prob_iw (flow dequantization; paper: 1000)
+    iw_samples: int = 16  # importance samples of the final log_prob_iw (flow dequantization; paper presets: 1000)
     progress: bool = True  # tqdm bar
     # system
     device: str = "auto"  # auto | cuda | cpu
@@ -159,24 +203,78 @@ class TrainConfig:
         return cls(**{"preset": preset, **TRAIN_PRESETS.get(preset, {}), **overrides})
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the bad field and its allowed values."""
+        """Raise :class:`ConfigError` naming the bad field (and its flag), the allowed range and the value.
+
+        Every value is checked here, before any data is loaded, for the command line and for
+        ``train(TrainConfig(...))`` alike; what needs the data or the checkpoint (batch size
+        against the training set, ``steps`` against the saved step) is checked by :func:`train`
+        right after loading them, still before the first step.
+        """
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        positive = ("batch_size", "log_every", "eval_every", "save_every", "n_samples", "max_skips")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0 or self.lr <= 0 or self.warmup_epochs < 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError(
-                f"need steps >= 0, lr > 0, warmup_epochs >= 0 and 0 < lr_decay <= 1; got steps={self.steps}, "
-                f"lr={self.lr}, warmup_epochs={self.warmup_epochs}, lr_decay={self.lr_decay}"
-            )
+        for name in ("batch_size", "log_every", "eval_every", "save_every", "n_samples", "max_skips", "diverge_logs"):
+            check_int(name, getattr(self, name), low=1)
+        for name in ("steps", "eval_images", "sample_every", "iw_samples"):
+            check_int(name, getattr(self, name), low=0)
+        check_int("seed", self.seed, low=0, high=2**32 - 1)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("warmup_epochs", self.warmup_epochs, low=0)
+        check_number("lr_decay", self.lr_decay, low=0, high=1, low_open=True)
+        check_number("adam_eps", self.adam_eps, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("grad_clip", self.grad_clip, low=0)
+        check_number("diverge_factor", self.diverge_factor, low=0)
+        check_numbers("temperatures", self.temperatures, low=0)
+        if not isinstance(self.model, dict):
+            raise ConfigError(f"model must be a dict of ModelConfig overrides, got {self.model!r}")
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ConfigError(f'out (--out) must name a directory for the run, e.g. "runs/flow"; got {self.out!r}')
         if self.dataset == "cifar10" and self.data_dir is None and not self.download:
             raise ConfigError(
                 "--dataset cifar10 needs --data-dir pointing to the extracted cifar-10-batches-py "
                 "(or --download to fetch it)"
             )
+
+
+# Settings a --resume may change (they do not change what the run computes step by step);
+# any other difference from the saved run is refused with the list of differences.
+RESUME_MAY_CHANGE = (
+    "steps",
+    "log_every",
+    "eval_every",
+    "eval_images",
+    "save_every",
+    "sample_every",
+    "n_samples",
+    "temperatures",
+    "iw_samples",
+    "progress",
+    "on_nonfinite",
+    "max_skips",
+    "diverge_factor",
+    "diverge_logs",
+    "data_dir",
+    "download",
+    "device",
+    "compile",
+    "out",
+    "resume",
+    "overwrite",
+)
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    """``"name: saved A, now B"`` for each field outside :data:`RESUME_MAY_CHANGE` that differs."""
+
+    def plain(v):
+        return json.loads(rundir.strict_json(v))  # tuples and lists, NaN and null compare alike
+
+    return [
+        f"{name} (saved {saved[name]!r}, now {now[name]!r})"
+        for name in now
+        if name not in RESUME_MAY_CHANGE and name in saved and plain(saved[name]) != plain(now[name])
+    ]
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -200,13 +298,8 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then ``os.replace``: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`flowlib.rundir.atomic_write`: never half a file, no temporary left."""
+    rundir.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -273,7 +366,8 @@ def _save_samples(model, cfg: TrainConfig, step: int, out: Path, device, writer)
             scale = max(1, 256 // grid.shape[-1])  # small images (8x8) are enlarged, pixels stay sharp
             img = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()  # [h, w, C]
             path = out / "samples" / f"step{step:07d}_T{t:.2f}.png"
-            Image.fromarray(img[..., 0] if C == 1 else img).save(path)
+            with rundir.write_guard(path):
+                Image.fromarray(img[..., 0] if C == 1 else img).save(path)
             paths.append(str(path))
     model.train(was_training)
     return paths
@@ -283,7 +377,7 @@ def _plot_curves(out: Path) -> Path:
     """``bpd_curve.png``: train and test bits/dim against the step, from ``metrics.jsonl``."""
     from matplotlib.figure import Figure
 
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = rundir.read_metrics(out / "metrics.jsonl")
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.subplots()
     for key, style in (("train_bpd", "-"), ("test_bpd", "o-")):
@@ -294,12 +388,19 @@ def _plot_curves(out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / "bpd_curve.png"
-    fig.savefig(path, dpi=120)
+    with rundir.write_guard(path):
+        fig.savefig(path, dpi=120)
     return path
 
 
 def _first_nonfinite(model: nn.Module, x) -> str:
-    """Name the first parameter, gradient or layer output that is not finite (only called on failure)."""
+    """Name the input batch, or the first parameter, gradient or layer output that is not finite.
+
+    Only called on failure. A non-finite input is bad data, reported as such (not blamed on a layer).
+    """
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        return f"bad data: the input batch holds {bad} NaN/Inf value(s) (check the data set, not the model)"
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             return f"first non-finite parameter: {name}"
@@ -331,37 +432,75 @@ def _first_nonfinite(model: nn.Module, x) -> str:
     return "parameters and gradients are finite (the loss itself overflowed)"
 
 
-def _stop_requests():
-    """Turn the first Ctrl-C / SIGTERM into a request to stop after the current step.
+class _StopRequests:
+    """Ctrl-C / SIGTERM handling with exact semantics at any moment.
 
-    Returns ``(flag, restore)``: ``flag["stop"]`` becomes True; a second Ctrl-C interrupts at once.
-    Signal handlers can only be installed from the main thread; elsewhere this does nothing.
+    * First Ctrl-C or SIGTERM: ``stop`` becomes True; the loop stops at the next step boundary
+      and writes ``last.pt`` there (step, data order and RNG all taken at that boundary).
+    * A second Ctrl-C raises ``KeyboardInterrupt`` at once: the run aborts and writes nothing
+      more. Inside :meth:`protect` (a checkpoint write) it is deferred to the end of the write,
+      so the file on disk and what the message says about it always agree.
+    * :meth:`finishing` (after the last step): any signal raises ``KeyboardInterrupt`` at once;
+      ``last.pt`` is complete and ``--resume`` redoes the final evaluation.
+    * ``quiet`` (closing files at the very end): signals are ignored, everything is written.
+
+    Handlers are installed only from the main thread; elsewhere nothing changes.
     """
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        return flag, lambda: None
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def handler(signum, frame):
-        if flag["stop"] and signum == signal.SIGINT:
+    def __init__(self):
+        self.stop, self.critical, self.abort_pending, self.final = False, False, False, False
+        self.started, self.quiet = False, False  # the training loop has begun / the run is closing
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            for s in self.old:
+                signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.quiet:
+            return
+        if self.final:
             raise KeyboardInterrupt
-        flag["stop"] = True
+        if self.stop:
+            if signum != signal.SIGINT:
+                return  # already stopping
+            if self.critical:
+                self.abort_pending = True
+                return
+            raise KeyboardInterrupt
+        self.stop = True
         print(
-            f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
-            "(Ctrl-C again to abort without saving)",
+            f"\n{signal.Signals(signum).name}: stopping at the next step boundary and saving last.pt there "
+            "(Ctrl-C again to abort at once without saving)",
             file=sys.stderr,
             flush=True,
         )
 
-    for s in old:
-        signal.signal(s, handler)
-    return flag, lambda: [signal.signal(s, h) for s, h in old.items()]
+    @contextlib.contextmanager
+    def protect(self):
+        """A second Ctrl-C inside waits until the block (a checkpoint write and its bookkeeping) is done."""
+        self.critical = True
+        try:
+            yield
+        finally:
+            self.critical = False
+        if self.abort_pending:
+            raise KeyboardInterrupt
+
+    def finishing(self) -> None:
+        self.final = True
+        if self.abort_pending:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        self.old = {}
 
 
-def _close(bar, restore_signals, old_amp, old_det: bool, metrics, writer, own_group: bool) -> None:
-    """Release what a run holds: progress bar, signal handlers, global settings, files, process group."""
+def _close(bar, old_amp, old_det: bool, metrics, writer, own_group: bool) -> None:
+    """Release what a run holds: progress bar, global settings, files, process group."""
     bar.close()
-    restore_signals()
     amp.set_conditioner_dtype(old_amp)
     torch.use_deterministic_algorithms(old_det)
     if metrics is not None:
@@ -381,25 +520,73 @@ def train(cfg: TrainConfig) -> dict:
 
     The summary holds ``step``, ``train_bpd``, ``test_bpd`` (full test set), ``test_bpd_iw``
     (flow dequantization), ``best_test_bpd``, ``images_per_s``, ``wall_s``, ``n_params``,
-    ``interrupted``, ``out``, and ``model`` (the trained :class:`flowlib.models.FlowModel`,
-    not written to disk). Raises :class:`NonFiniteError` when the loss diverges and
-    ``on_nonfinite="stop"``; :class:`ConfigError` / :class:`flowlib.data.DataError` for bad settings.
+    ``interrupted`` (stopped by a signal; ``aborted`` too after a second Ctrl-C, which writes
+    nothing more), ``out``, and ``model`` (the trained :class:`flowlib.models.FlowModel`, not
+    written to disk). Raises :class:`NonFiniteError` when the loss diverges and
+    ``on_nonfinite="stop"`` (:class:`DivergedError` past the divergence bound);
+    :class:`ConfigError` / :class:`flowlib.data.DataError` for bad settings, a busy or unsafe
+    ``out`` or a damaged checkpoint; :class:`flowlib.rundir.WriteError` when an output cannot be
+    written; ``KeyboardInterrupt`` for a second Ctrl-C during start-up (nothing trained).
     """
+    cfg.validate()
+    out = rundir.check_out(cfg.out)
+    last_path = out / "last.pt"
+    if cfg.resume and not last_path.exists():
+        hint = " (the run stopped before its first checkpoint)" if out.is_dir() and any(out.iterdir()) else ""
+        raise ConfigError(f"--resume: no checkpoint {last_path} to continue from{hint}; start afresh with --overwrite")
+    stop = _StopRequests()  # from here on a signal ends the run cleanly, also during start-up
+    lock = rundir.RunLock(out) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        return _run(cfg, out, stop)
+    except KeyboardInterrupt:
+        if not stop.started:
+            kept = f"{last_path} is unchanged" if last_path.exists() else "no checkpoint was written"
+            print(f"aborted during start-up: nothing was trained; {kept}", file=sys.stderr)
+        raise
+    finally:
+        stop.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
+    """The body of :func:`train`, with the lock held and the signal handlers installed."""
     from torch.utils.tensorboard import SummaryWriter
 
     from flowlib.models import ModelConfig, build_model
 
-    cfg.validate()
     t_start = time.perf_counter()
-    out = Path(cfg.out)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if cfg.resume and not last_path.exists():
-        raise ConfigError(f"--resume: no checkpoint {last_path} to continue from")
-    if not cfg.resume and last_path.exists() and not cfg.overwrite:
-        raise ConfigError(
-            f"{out} already holds a run ({last_path}); pass --resume to continue it, "
-            "--overwrite to start afresh, or choose another --out"
-        )
+
+    # ---- the checkpoint to continue from: readable, same settings, not past --steps
+    ckpt = None
+    if cfg.resume:
+        ckpt = rundir.load_checkpoint(last_path)
+        diff = _differences(ckpt["config"], asdict(cfg))
+        if diff:
+            raise ConfigError(
+                f"--resume: these settings differ from the run saved in {last_path}: {'; '.join(diff)}. "
+                f"A resumed run keeps its settings except {', '.join(RESUME_MAY_CHANGE[:-3])}; "
+                "to change the others start a new run (another --out, or --overwrite)"
+            )
+        try:
+            recorded = json.loads((out / "config.json").read_text())["train"]
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None  # missing or unreadable: it is rewritten below from the checkpoint's settings
+        if isinstance(recorded, dict) and (edited := _differences(ckpt["config"], recorded)):
+            raise ConfigError(
+                f"--resume: {out / 'config.json'} was edited ({'; '.join(edited)} against {last_path}); "
+                "config.json only records the run's settings, the run continues with those in last.pt. "
+                f"Undo the edit (or delete config.json); flags that may change on --resume: "
+                f"{', '.join('--' + n.replace('_', '-') for n in RESUME_MAY_CHANGE[:-3])}"
+            )
+        if cfg.steps < ckpt["step"]:
+            raise ConfigError(
+                f"steps (--steps) {cfg.steps} is below the step {ckpt['step']} saved in {last_path}; "
+                f"pass --steps {ckpt['step']} or more"
+            )
 
     # ---- devices and processes: DDP when launched by torchrun (RANK/WORLD_SIZE in the environment)
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -427,14 +614,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # ---- the output directory (a run there was refused above unless --resume / --overwrite)
+    # ---- the output directory: a fresh run only replaces the trainer's own files, and only with --overwrite
     if master:
-        out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
-            for name in ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
-                (out / name).unlink(missing_ok=True)
-            for name in ("tb", "samples"):
-                shutil.rmtree(out / name, ignore_errors=True)
+        rundir.prepare_out(out, cfg.resume, cfg.overwrite)
 
     # ---- data on the device
     if ddp and not master:
@@ -443,12 +625,16 @@ def train(cfg: TrainConfig) -> dict:
     test_x, _ = data.load_dataset(cfg.dataset, cfg.data_dir, "test")
     if ddp and master:
         dist.barrier()
+    if batch > len(train_x) // world:
+        raise ConfigError(
+            f"batch_size (--batch-size) {cfg.batch_size} is larger than the {len(train_x)} {cfg.dataset} "
+            f"training images; use at most {len(train_x) // world * world}"
+        )
     test_x = test_x.to(device)
     batches = data.GPUBatches(train_x, batch, device=device, flip=cfg.flip, seed=cfg.seed, rank=rank, world_size=world)
     spe = batches.steps_per_epoch
 
     # ---- the model (architecture forced from the checkpoint on resume)
-    ckpt = torch.load(last_path, map_location="cpu", weights_only=True) if cfg.resume else None
     torch.manual_seed(cfg.seed)
     try:
         if ckpt is not None:
@@ -491,12 +677,13 @@ def train(cfg: TrainConfig) -> dict:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, spe))
-    step, best = 0, math.inf
+    step, best, last_train_bpd, high = 0, math.inf, math.nan, 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step, best = ckpt["step"], ckpt["best_test_bpd"]
+        last_train_bpd, high = ckpt.get("train_bpd", math.nan), ckpt.get("diverge_streak", 0)
         batches.load_state_dict(ckpt["rng"]["data"])
         states = ckpt["rng"]["ranks"]
         if len(states) == world:
@@ -513,10 +700,10 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = SummaryWriter(str(out / "tb"), purge_step=step if ckpt else None) if master else None
     if master:
-        if ckpt is not None and (out / "metrics.jsonl").exists():  # drop lines written after the checkpoint
-            lines = (out / "metrics.jsonl").read_text().splitlines()
-            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step and "final" not in json.loads(ln)]
-            (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in keep))
+        if ckpt is not None:  # drop lines written after the checkpoint; damaged lines are set aside
+            records = rundir.read_metrics(out / "metrics.jsonl", set_aside=True)
+            keep = [r for r in records if r.get("step", 0) <= step and "final" not in r]
+            rundir.atomic_write(out / "metrics.jsonl", "".join(rundir.strict_json(r) + "\n" for r in keep).encode())
         info = {
             "train": asdict(cfg),
             "model": asdict(model.config),
@@ -526,16 +713,24 @@ def train(cfg: TrainConfig) -> dict:
             "steps_per_epoch": spe,
             "torch": torch.__version__,
         }
-        (out / "config.json").write_text(json.dumps(info, indent=2))
-        metrics = open(out / "metrics.jsonl", "a")
+        rundir.atomic_write(out / "config.json", rundir.strict_json(info, indent=2).encode())
+        with rundir.write_guard(out / "metrics.jsonl"):
+            metrics = open(out / "metrics.jsonl", "a")
+
+    names = {p: n for n, p in model.named_parameters()}
 
     def checkpoint(path: Path) -> None:
-        """Collective (every rank's RNG is gathered); rank 0 writes, never non-finite parameters."""
-        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        """Collective (every rank's RNG is gathered); rank 0 writes, never non-finite parameters or optimizer state."""
+        bad = [f"parameter {n}" for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        bad += [
+            f"optimizer state {k!r} of {names.get(p, '?')}"
+            for p, state in opt.state.items()
+            for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
         if bad:
             raise NonFiniteError(
-                f"step {step}: parameter {bad[0]} is not finite; not writing {path} "
-                f"(last good checkpoint: step {last_saved})"
+                f"step {step}: {bad[0]} is not finite; not writing {path} (last good checkpoint: step {last_saved})"
             )
         states = [None] * world
         if ddp:
@@ -550,6 +745,8 @@ def train(cfg: TrainConfig) -> dict:
                     "scheduler": sched.state_dict(),
                     "step": step,
                     "best_test_bpd": best,
+                    "train_bpd": last_train_bpd,
+                    "diverge_streak": high,
                     "config": asdict(cfg),
                     "model_config": asdict(model.config),
                     "rng": {"ranks": states, "data": batches.state_dict()},
@@ -559,8 +756,9 @@ def train(cfg: TrainConfig) -> dict:
 
     def log(record: dict) -> None:
         if master:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+            with rundir.write_guard(out / "metrics.jsonl"):
+                metrics.write(rundir.strict_json(record) + "\n")
+                metrics.flush()
             for k, v in record.items():
                 if k not in ("step", "epoch", "time") and isinstance(v, float):
                     writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train", "test")) else k, v, step)
@@ -568,17 +766,27 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and master), unit="step", dynamic_ncols=True)
-    stop, restore_signals = _stop_requests()
     old_amp = amp.get_conditioner_dtype()
     amp.set_conditioner_dtype(torch.bfloat16 if cfg.amp == "bf16" else None)
     last_saved = ckpt["step"] if ckpt else None
-    skips, interrupted, updating = 0, False, False
+    skips, interrupted, aborted = 0, False, False
     sums, t_log, n_log, train_time = [0.0, 0.0], time.perf_counter(), 0, 0.0
-    last_train_bpd = float("nan")
+    bound = cfg.diverge_factor * model.config.n_bits  # the uniform model has n_bits bits/dim
+
+    def save_last() -> None:
+        nonlocal last_saved
+        with stop.protect():  # a second Ctrl-C waits for the write and the bookkeeping
+            checkpoint(last_path)
+            last_saved = step
+
     model.train()
+    stop.started = True
     try:
         with flowlib.validation("shape"):  # shape checks only: no device syncs in the forward pass
             while step < cfg.steps:
+                if stop.stop and not ddp:  # a step boundary: nothing of the next step is drawn yet
+                    interrupted = True
+                    break
                 t0 = time.perf_counter()
                 x = next(batches)
                 if device.type == "cuda" and cfg.channels_last:
@@ -588,7 +796,7 @@ def train(cfg: TrainConfig) -> dict:
                 grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                 # The NaN/Inf guard: one small tensor, one device sync per step (and one all-reduce in DDP).
                 flags = torch.stack(
-                    [loss.detach().float(), grad_norm.float(), torch.tensor(float(stop["stop"]), device=device)]
+                    [loss.detach().float(), grad_norm.float(), torch.tensor(float(stop.stop), device=device)]
                 )
                 if ddp:
                     dist.all_reduce(flags)
@@ -614,9 +822,7 @@ def train(cfg: TrainConfig) -> dict:
                     bar.write(f"skipping batch: {msg}")
                 else:
                     skips = 0
-                    updating = True
                     opt.step()
-                    updating = False
                     opt.zero_grad(set_to_none=True)
                     sums[0] += loss_v
                     sums[1] += gn_v
@@ -642,33 +848,42 @@ def train(cfg: TrainConfig) -> dict:
                         bar.set_postfix(
                             bpd=f"{last_train_bpd:.3f}", img_s=f"{images / (now - t_log):.0f}", refresh=False
                         )
+                        high = high + 1 if cfg.diverge_factor > 0 and last_train_bpd > bound else 0
                     if eval_now:
                         sub = test_x[: cfg.eval_images] if cfg.eval_images else test_x
                         record["test_bpd"] = _evaluate(model, sub, batch, device, rank, world, cfg.seed)
                     log(record)
                     if log_now:
                         sums, t_log, n_log = [0.0, 0.0], time.perf_counter(), 0
+                    if high >= cfg.diverge_logs:
+                        kept = f"{last_path} (step {last_saved})" if last_saved is not None else "none was written"
+                        raise DivergedError(
+                            f"diverged: train bpd {last_train_bpd:.4g} at step {step} is above {bound:g} "
+                            f"(diverge_factor {cfg.diverge_factor:g} x the uniform model's {model.config.n_bits} "
+                            f"bits/dim) for {high} logs in a row; stopped without writing a checkpoint of it "
+                            f"(last good checkpoint: {kept}). Lower --lr, set --grad-clip, or pass "
+                            "--diverge-factor 0 to train on regardless"
+                        )
                     if eval_now and record["test_bpd"] < best:
                         best = record["test_bpd"]
-                        checkpoint(best_path)
+                        with stop.protect():
+                            checkpoint(best_path)
                 if step % cfg.save_every == 0 or step == cfg.steps or stop_v > 0:
-                    checkpoint(last_path)
-                    last_saved = step
+                    save_last()
                 if master and cfg.sample_every and step % cfg.sample_every == 0:
                     _save_samples(model, cfg, step, out, device, writer)
                 if stop_v > 0:
                     interrupted = True
                     break
-    except KeyboardInterrupt:  # a second Ctrl-C, or one that arrived outside our handler
-        interrupted = True
-        if not updating:  # never save a half-applied optimizer step
-            checkpoint(last_path)
-            last_saved = step
+        if interrupted and last_saved != step:
+            save_last()
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now, write nothing more
+        interrupted = aborted = True
     except BaseException:
-        _close(bar, restore_signals, old_amp, old_det, metrics if master else None, writer, own_group)
+        stop.quiet = True
+        _close(bar, old_amp, old_det, metrics if master else None, writer, own_group)
         raise
     bar.close()
-    restore_signals()
 
     summary = {
         "step": step,
@@ -679,7 +894,19 @@ def train(cfg: TrainConfig) -> dict:
         "interrupted": interrupted,
         "out": str(out),
     }
+    saved = f"{last_path} holds step {last_saved}" if last_saved is not None else "no checkpoint was written"
     try:
+        if aborted:
+            summary["aborted"] = True
+            how = "continue with --resume" if last_saved is not None else "start again with --overwrite"
+            print(
+                f"aborted at step {step} by a second Ctrl-C: nothing more was written; {saved}; {how}", file=sys.stderr
+            )
+            summary["model"] = model
+            return summary
+        stop.finishing()  # from here any signal stops at once: last.pt is complete
+        if stop.stop and not interrupted:
+            raise KeyboardInterrupt
         if not interrupted:
             # ---- final evaluation on the full test set (and the importance-weighted bound for flow dequant)
             with flowlib.validation("shape"):
@@ -696,10 +923,10 @@ def train(cfg: TrainConfig) -> dict:
             final = {k: v for k, v in summary.items() if k != "samples"}
             if not interrupted:
                 log({"final": True, **final})
-            (out / "summary.json").write_text(json.dumps(final, indent=2))
+            rundir.atomic_write(out / "summary.json", rundir.strict_json(final, indent=2).encode())
             _plot_curves(out)
             if interrupted:
-                print(f"interrupted at step {step}: saved {last_path}; continue with --resume", file=sys.stderr)
+                print(f"interrupted at step {step}: {saved}; continue with --resume", file=sys.stderr)
             else:
                 iw = (
                     f" | test (iw, K={cfg.iw_samples}) {summary['test_bpd_iw']:.4f}"
@@ -710,8 +937,16 @@ def train(cfg: TrainConfig) -> dict:
                     f"done: step {step} | train {last_train_bpd:.4f} bpd | test {summary['test_bpd']:.4f} bpd{iw} | "
                     f"{summary['images_per_s']:.0f} img/s | {summary['wall_s']:.1f} s | {n_params:,} params | {out}"
                 )
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+        print(
+            f"interrupted after the training steps (step {step}): {saved}; the final evaluation, samples or "
+            "summary.json may be missing: run the same command with --resume to write them",
+            file=sys.stderr,
+        )
     finally:
-        _close(bar, lambda: None, old_amp, old_det, metrics if master else None, writer, own_group)
+        stop.quiet = True
+        _close(bar, old_amp, old_det, metrics if master else None, writer, own_group)
     summary["model"] = model
     return summary
 
@@ -803,7 +1038,11 @@ def _add_model_arguments(group, skip=()) -> None:
 
 
 def main(argv=None) -> int:
-    """Command-line entry point; exit code 0 done, 1 diverged, 2 usage error, 130 interrupted."""
+    """Command-line entry point; exit code 0 done, 1 diverged or a write failed, 2 usage error, 130 interrupted.
+
+    ``--resume`` continues with the settings saved in ``last.pt``; flags given now replace them,
+    and :func:`train` refuses those outside :data:`RESUME_MAY_CHANGE` that differ.
+    """
     from flowlib.models import ModelConfig
 
     parser = build_parser()
@@ -811,19 +1050,28 @@ def main(argv=None) -> int:
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k not in model_fields and k != "preset"}
     model = {k: v for k, v in args.items() if v is not None and k in model_fields}
-    last = Path(args["out"] or TrainConfig.out) / "last.pt"
+    last = Path(args["out"] if args["out"] is not None else TrainConfig.out) / "last.pt"
     try:
-        if args["resume"] and last.exists():  # continue with the saved settings; flags given now override them
-            saved = torch.load(last, map_location="cpu", weights_only=True)["config"]
-            cfg = TrainConfig(**{**saved, **overrides})
+        if args["resume"] and str(args["out"]).strip() and last.exists():
+            ckpt = rundir.load_checkpoint(last)
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            cfg = TrainConfig(**{**{k: v for k, v in ckpt["config"].items() if k in known}, **overrides})
+            if args["preset"] is not None:
+                cfg.preset = args["preset"]
+            saved_model = json.loads(rundir.strict_json(ckpt["model_config"]))
+            changed = {k: v for k, v in model.items() if json.loads(rundir.strict_json(v)) != saved_model.get(k)}
+            if changed:
+                cfg.model = {**cfg.model, **changed}
         else:
             cfg = TrainConfig.for_preset(args["preset"] or "tiny", **overrides, model=model)
         summary = train(cfg)
     except (ConfigError, data.DataError) as e:
         parser.error(str(e))
-    except NonFiniteError as e:
+    except (NonFiniteError, rundir.WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during start-up; train() said what is on disk
+        return 130
     return 130 if summary["interrupted"] else 0
 
 
