@@ -12,6 +12,22 @@ Subclasses implement ``_forward`` and ``_inverse``; the public ``forward`` and
 ``inverse`` check the input first (see :func:`set_validation`) so that a wrong
 shape or a NaN fails with a message that names the layer and the shape it
 expects, instead of a cryptic error deep inside ``conv2d``.
+
+Inputs every layer refuses with a ``ValueError`` naming the layer (checked here, once,
+for all layers, in the ``"full"`` and ``"shape"`` modes; they cost no device sync):
+
+* a dtype other than ``torch.float32`` or ``torch.float64`` (float16, bfloat16, integers,
+  bool, complex): the log-determinants and series need at least float32;
+* an empty batch (``B = 0``): refused rather than returning empty outputs, because
+  data-dependent initialisation (actnorm) and batch statistics have nothing to work on and an
+  empty batch is almost always a slicing mistake.
+
+>>> import flowlib
+>>> layer = flowlib.layers.make("conv1x1", shape=(2, 4, 4))
+>>> layer(torch.zeros(0, 2, 4, 4))
+Traceback (most recent call last):
+    ...
+ValueError: conv1x1.forward got an empty batch (B = 0, shape [0, 2, 4, 4]); pass at least one sample
 """
 
 from __future__ import annotations
@@ -21,7 +37,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Flow", "Sequential", "set_validation", "validation", "get_validation"]
+__all__ = ["Flow", "Sequential", "set_validation", "validation", "get_validation", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _VALIDATION_MODES = ("full", "shape", "off")
 _validation = "full"
@@ -103,8 +121,9 @@ class Flow(nn.Module):
     def check_input(self, x: Tensor, where: str = "forward") -> None:
         """Raise ``ValueError`` naming the layer and the expected shape if ``x`` does not fit.
 
-        Checks the number of dimensions and every fixed axis of ``self.shape``,
-        and, in ``"full"`` validation mode, that ``x`` holds no NaN or Inf.
+        Checks the number of dimensions, every fixed axis of ``self.shape``, the dtype
+        (float32 or float64), a non-empty batch, and, in ``"full"`` validation mode, that ``x``
+        holds no NaN or Inf.
         """
         if _validation == "off":
             return
@@ -123,6 +142,15 @@ class Flow(nn.Module):
                     f"{self.label}.{where} expects input of shape {expected}, got {list(x.shape)}: "
                     f"{what} is {got}, expected {want}. Build the layer with make(..., shape=...) matching your data."
                 )
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"{self.label}.{where} does not support dtype {x.dtype}; flowlib layers work in torch.float32 "
+                "or torch.float64 (convert with x.float() or x.double())"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(
+                f"{self.label}.{where} got an empty batch (B = 0, shape {list(x.shape)}); pass at least one sample"
+            )
         if _validation == "full" and not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(

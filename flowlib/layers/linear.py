@@ -93,6 +93,11 @@ class ActNorm(Flow):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         count, total, squares = stats
+        if count[0] == 0:  # also under DDP: the batches of all ranks were empty
+            raise ValueError(
+                f"{self.label} cannot initialise from an empty batch (input shape {list(x.shape)}): its "
+                "data-dependent init needs at least one sample; run the first training forward on real data"
+            )
         mean = total / count
         var = (squares / count - mean * mean).clamp_min(0)
         self.bias.copy_(-mean)

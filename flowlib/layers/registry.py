@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch  # noqa: F401  (used by the doctest)
@@ -46,8 +47,40 @@ def get(name: str) -> Callable[..., Flow]:
     return _REGISTRY[name]
 
 
+IMAGE_AXES = ("C", "H", "W")
+GRAPH_AXES = ("N", "C")
+
+
+def _check_shape(name: str, shape) -> tuple:
+    """``shape`` as a tuple of ints, or a ``ValueError`` naming the layer and the shape it takes.
+
+    Image layers take ``(C, H, W)``; graph layers (registered as ``graph_*``) take ``(N, C)`` or,
+    on images, ``(C, H, W)``. Every size is a positive integer; ``None`` (any size) is allowed
+    except for the channel count ``C``.
+    """
+    options = (GRAPH_AXES, IMAGE_AXES) if name.startswith("graph_") else (IMAGE_AXES,)
+    want = " or ".join(f"shape=({', '.join(axes)})" for axes in options)
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__"):
+        raise ValueError(f"make({name!r}) takes {want} (a tuple of sizes), got shape={shape!r}")
+    shape = tuple(shape)
+    axes = next((a for a in options if len(a) == len(shape)), None)
+    if axes is None:
+        raise ValueError(f"make({name!r}) takes {want}, got shape={shape} ({len(shape)} sizes)")
+    for axis, size in zip(axes, shape, strict=True):
+        if size is None and axis != "C":
+            continue
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(
+                f"make({name!r}): {axis} in shape=({', '.join(axes)}) must be a positive integer, got shape={shape}"
+            )
+    return tuple(None if size is None else int(size) for size in shape)
+
+
 def make(name: str, shape, **kwargs) -> Flow:
     """Build the layer registered as ``name`` for samples of shape ``shape``.
+
+    ``shape`` is checked first (:func:`_check_shape`): ``(C, H, W)`` with positive sizes for
+    image layers, also ``(N, C)`` for graph layers.
 
     >>> import flowlib
     >>> layer = flowlib.layers.make("conv1x1", shape=(4, 8, 8))
@@ -55,4 +88,5 @@ def make(name: str, shape, **kwargs) -> Flow:
     >>> logdet.shape
     torch.Size([2])
     """
-    return get(name)(tuple(shape), **kwargs)
+    cls = get(name)
+    return cls(_check_shape(name, shape), **kwargs)
