@@ -7,7 +7,13 @@ from torch.func import functional_call
 
 from flowlib.core import validation
 from flowlib.functional import SeriesNotConverged
-from flowlib.layers.residual import ResidualFlow, series_terms
+from flowlib.layers.residual import (
+    ResidualFlow,
+    fixed_point_iterations,
+    invert_contraction,
+    measured_lipschitz,
+    series_terms,
+)
 from flowlib.layers.sylvester import ConvSylvester, autoregressive_mask, hidden_degrees
 from flowlib.testing import brute_force_logdet, flow_errors, perturb_
 
@@ -201,7 +207,68 @@ def test_residual_inverse_converges_and_raises_when_capped():
     y, _ = layer(x)
     assert (layer.inverse(y) - x).abs().max() < 1e-10
     layer.max_iter = 2
-    with pytest.raises(SeriesNotConverged, match="residual.inverse.*max_iter=2"):
+    with pytest.raises(SeriesNotConverged, match="residual.inverse: .* needs n=\\d+ iterations .* max_iter=2"):
+        layer.inverse(y)
+
+
+def test_residual_lipschitz_bound_survives_adversarial_training_and_perturbation():
+    """Lip(g) <= c is guaranteed, not estimated: train g to *maximise* its Lipschitz ratio, then check it."""
+    layer = residual(scale=0.0)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(60):  # ascend ||g(a) - g(b)|| / ||a - b|| on fresh near pairs
+        a = torch.randn(16, 2, 4, 4, dtype=torch.float64, generator=generator)
+        b = a + 1e-2 * torch.randn(a.shape, dtype=torch.float64, generator=generator)
+        ratio = (layer.g(a) - layer.g(b)).flatten(1).norm(dim=1) / (a - b).flatten(1).norm(dim=1)
+        optimizer.zero_grad()
+        (-ratio.mean()).backward()
+        optimizer.step()
+    points = 2 * torch.randn(256, 2, 4, 4, dtype=torch.float64, generator=generator)
+    trained = measured_lipschitz(layer.g, points, jacobian_points=8, generator=generator)
+    assert 0.6 * layer.lipschitz < trained <= layer.lipschitz, trained  # pushed towards the bound, never past it
+    perturb_(layer, 3.0, generator)
+    perturbed = measured_lipschitz(layer.g, points, jacobian_points=8, generator=generator)
+    assert perturbed <= layer.lipschitz, perturbed
+
+
+def test_fixed_point_iterations_is_the_smallest_count_meeting_the_bound():
+    for c, gap, tol in [(0.9, 3.0, 1e-12), (0.5, 1.0, 1e-3), (0.99, 10.0, 1e-6)]:
+        n = fixed_point_iterations(c, gap, tol)
+        assert c**n / (1 - c) * gap <= tol < c ** (n - 1) / (1 - c) * gap
+    assert fixed_point_iterations(0.9, 1e-20, 1e-12) == 0  # already within tol: no iteration needed
+    with pytest.raises(ValueError, match="Lipschitz constant in \\(0, 1\\)"):
+        fixed_point_iterations(1.0, 1.0, 1e-6)
+    with pytest.raises(ValueError, match="finite"):
+        fixed_point_iterations(0.9, float("nan"), 1e-6)
+
+
+def test_residual_inverse_error_follows_the_a_priori_bound():
+    """||x_n - x|| <= c^n / (1 - c) ||g(y)|| at every n, and the layer stops at the announced count."""
+    layer = residual(scale=3.0).eval()
+    y = 3 * torch.randn(4, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    weights = layer.weights(4, 4)
+    with torch.no_grad():
+        x_star, _ = invert_contraction(lambda t: layer.g(t, weights), y, layer.lipschitz, 1e-15, 2000, "test")
+        gap = layer.g(y, weights).flatten(1).norm(dim=1)
+        x = y.clone()
+        for n in range(1, 61):
+            x = y - layer.g(x, weights)
+            error = (x - x_star).flatten(1).norm(dim=1)
+            assert (error <= layer.lipschitz**n / (1 - layer.lipschitz) * gap + 1e-12).all(), n
+    x_back = layer.inverse(y)
+    target = 1e-12 * (1 + y.flatten(1).norm(dim=1))
+    announced = max(fixed_point_iterations(0.9, float(a), float(t)) for a, t in zip(gap, target, strict=True))
+    assert 0 < layer.last_inverse_iterations <= announced
+    assert ((x_back - x_star).flatten(1).norm(dim=1) <= target + 1e-13).all()
+
+
+def test_residual_inverse_raises_when_g_is_not_a_contraction(monkeypatch):
+    layer = residual().eval()
+    y = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    monkeypatch.setattr(layer, "g", lambda t, weights=None: -1.5 * t)  # expands: the fixed point diverges
+    with pytest.raises(
+        SeriesNotConverged, match="residual.inverse: step 2 .* not a contraction with Lip\\(g\\) <= 0.9"
+    ):
         layer.inverse(y)
 
 

@@ -21,7 +21,15 @@ from ..core import Flow
 from ..functional import SeriesNotConverged, conv_spectral_norm_bound
 from .registry import register
 
-__all__ = ["ResidualFlow", "LipSwish", "series_terms"]
+__all__ = [
+    "ResidualFlow",
+    "LipSwish",
+    "series_terms",
+    "fixed_point_iterations",
+    "invert_contraction",
+    "default_inverse_tol",
+    "measured_lipschitz",
+]
 
 
 def series_terms(lipschitz: float, dim: int, tol: float) -> int:
@@ -36,6 +44,134 @@ def series_terms(lipschitz: float, dim: int, tol: float) -> int:
     while dim * lipschitz ** (n + 1) / ((n + 1) * (1 - lipschitz)) > tol:
         n += 1
     return n
+
+
+def fixed_point_iterations(lipschitz: float, gap: float, tol: float) -> int:
+    """Fewest ``n >= 0`` with ``c^n / (1 - c) * gap <= tol``: the fixed-point iterations needed, known in advance.
+
+    For ``y = x + g(x)`` with ``Lip(g) <= c < 1`` the iteration ``x_{k+1} = y - g(x_k)``,
+    ``x_0 = y`` contracts with rate ``c`` (Banach), so ``||x_n - x|| <= c^n / (1 - c) ||x_1 - x_0||``
+    and ``||x_1 - x_0|| = ||g(y)|| = gap``. Hence ``n = ceil(log(tol (1 - c) / gap) / log c)``.
+
+    >>> fixed_point_iterations(0.5, gap=1.0, tol=1e-3)  # 0.5^11 / 0.5 = 9.8e-4 <= 1e-3 < 0.5^10 / 0.5
+    11
+    """
+    if not 0 < lipschitz < 1:
+        raise ValueError(f"the fixed-point inverse needs a Lipschitz constant in (0, 1), got {lipschitz}")
+    if not tol > 0:
+        raise ValueError(f"the fixed-point inverse needs tol > 0, got {tol}")
+    if not math.isfinite(gap):
+        raise ValueError(f"the fixed-point inverse needs a finite ||g(y)||, got {gap} (is the input finite?)")
+    if gap <= tol * (1 - lipschitz):
+        return 0
+    n = max(0, math.ceil(math.log(tol * (1 - lipschitz) / gap) / math.log(lipschitz)))
+    while lipschitz**n / (1 - lipschitz) * gap > tol:  # guard the rounding of the logarithms
+        n += 1
+    return n
+
+
+def default_inverse_tol(dtype: torch.dtype) -> float:
+    """Default relative tolerance of :func:`invert_contraction`: ``1e-12`` in float64, ``1e-6`` otherwise."""
+    return 1e-12 if dtype == torch.float64 else 1e-6
+
+
+def invert_contraction(g, y: Tensor, lipschitz: float, tol: float, max_iter: int, name: str) -> tuple[Tensor, int]:
+    """Solve ``x + g(x) = y`` for ``Lip(g) <= c < 1`` by ``x_{k+1} = y - g(x_k)``, ``x_0 = y`` (no autograd).
+
+    Per sample ``b`` (norms ``||.||`` are Euclidean over all non-batch dimensions, the norm
+    in which ``Lip(g) <= c`` holds) the target is ``||x_n - x|| <= t_b = tol (1 + ||y_b||)``:
+
+    * **a priori**: ``n = max_b fixed_point_iterations(c, ||g(y_b)||, t_b)`` iterations suffice
+      (error ``<= c^n / (1 - c) ||g(y_b)||``), so the cost is known before iterating;
+      :class:`~flowlib.functional.SeriesNotConverged` (naming ``name``) if ``n > max_iter``;
+    * **a posteriori** early stop once ``c / (1 - c) ||x_k - x_{k-1}|| <= t_b`` for every sample;
+    * **check**: the steps must shrink as promised, ``||x_k - x_{k-1}|| <= c^(k-1) ||g(y_b)||``
+      up to a rounding allowance ``sqrt(eps) (1 + ||y_b||)``; a larger step (or a non-finite
+      one) means ``g`` is not a contraction with constant ``c``: ``SeriesNotConverged``.
+
+    Floating point: every step adds a rounding error ``delta`` (a few ``eps`` times the size of
+    ``y``, ``g`` and ``g``'s hidden activations), so the computed iterate ends within
+    ``c^n / (1 - c) ||g(y)|| + delta / (1 - c)`` of the true inverse and the step size levels
+    off near ``delta`` instead of going to 0. The iteration therefore stops after ``n`` steps
+    whatever the step size (waiting for a step below a fixed multiple of ``eps`` stalls forever
+    in float32 on a trained flow).
+
+    Shapes: ``y: [B, ...]``; returns ``(x [B, ...], iterations)``. Cost: ``n + 1`` calls of ``g``
+    (``n ~ log(tol (1 - c) / ||g(y)||) / log c``) and one device synchronisation per iteration.
+
+    >>> y = torch.ones(3, 2, dtype=torch.float64)
+    >>> x, n = invert_contraction(lambda t: 0.5 * torch.sin(t), y, 0.5, 1e-12, 100, "demo")
+    >>> bool((x + 0.5 * torch.sin(x) - y).abs().max() < 1e-11), n <= fixed_point_iterations(0.5, 0.6, 1e-12)
+    (True, True)
+    """
+    with torch.no_grad():
+        gy = g(y)
+        y_norm, gap = y.flatten(1).norm(dim=1), gy.flatten(1).norm(dim=1)  # [B]
+        target = tol * (1 + y_norm)
+        n = max(
+            (fixed_point_iterations(lipschitz, float(a), float(t)) for a, t in zip(gap, target, strict=True)),
+            default=0,
+        )
+        if n > max_iter:
+            raise SeriesNotConverged(
+                f"{name}.inverse: the fixed point x = y - g(x) needs n={n} iterations for tol={tol:g} "
+                f"(Lip(g) <= {lipschitz}, max ||g(y)|| = {float(gap.max()):.3g}: error <= c^n/(1-c) ||g(y)||), "
+                f"more than max_iter={max_iter}; raise {name}.max_iter or loosen {name}.tol"
+            )
+        allowance = math.sqrt(torch.finfo(y.dtype).eps) * (1 + y_norm)
+        x, k = y - gy, 1
+        while k < n:
+            x_next = y - g(x)
+            step = (x_next - x).flatten(1).norm(dim=1)
+            x, k = x_next, k + 1
+            promised = lipschitz ** (k - 1) * gap + allowance
+            if not bool((step <= promised).all()):  # also catches NaN
+                worst = int(torch.argmax(torch.nan_to_num(step / promised, nan=math.inf)))
+                raise SeriesNotConverged(
+                    f"{name}.inverse: step {k} of the fixed point moved sample {worst} by {float(step[worst]):.3g}, "
+                    f"more than the contraction allows (c^(k-1) ||g(y)|| + rounding = {float(promised[worst]):.3g} "
+                    f"with c = {lipschitz}): g is not a contraction with Lip(g) <= {lipschitz}, or the input is "
+                    "not finite"
+                )
+            if bool((lipschitz / (1 - lipschitz) * step <= target).all()):
+                break
+    return x, k
+
+
+def measured_lipschitz(g, x: Tensor, jacobian_points: int = 8, generator: torch.Generator | None = None) -> float:
+    """A measured lower bound of ``Lip(g)``: what a guaranteed bound ``Lip(g) <= c`` must stay above.
+
+    The largest of (a) ``||g(a) - g(b)|| / ||a - b||`` over the pairs ``(x_i, x_pi(i))`` (a random
+    permutation: far pairs) and ``(x_i, x_i + 1e-3 s_i n_i)`` (``s_i = 1 + ||x_i||``, ``n_i`` a random
+    unit direction: near pairs, which approach the local slope), and (b) the spectral norm of the
+    dense Jacobian ``J_g(x_i)`` at the first ``jacobian_points`` samples (the local Lipschitz
+    constant exactly). Norms are Euclidean over all non-batch dimensions.
+
+    Shapes: ``x: [B, ...]``, ``g: [B, ...] -> [B, ...]``. Cost: 3 calls of ``g`` on ``B`` samples and
+    ``jacobian_points`` dense Jacobians (``D`` backward passes each, ``D`` = numel of one sample).
+
+    >>> A = torch.tensor([[0.3, 0.4], [0.0, 0.5]], dtype=torch.float64)
+    >>> c = measured_lipschitz(lambda t: t @ A.T, torch.randn(64, 2, dtype=torch.float64))
+    >>> abs(c - float(torch.linalg.matrix_norm(A, ord=2))) < 1e-12  # exact for a linear map
+    True
+    """
+    flat = x.flatten(1)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    direction = torch.randn(flat.shape, generator=generator, dtype=x.dtype).to(x.device)
+    direction = direction / direction.norm(dim=1, keepdim=True)
+    near = (flat + 1e-3 * (1 + flat.norm(dim=1, keepdim=True)) * direction).reshape(x.shape)
+    with torch.no_grad():
+        gx = g(x).flatten(1)
+        ratios = [
+            (gx - gx[perm]).norm(dim=1) / (flat - flat[perm]).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny),
+            (gx - g(near).flatten(1)).norm(dim=1) / (flat - near.flatten(1)).norm(dim=1),
+        ]
+    best = max(float(r.max()) for r in ratios)
+    dim = flat.shape[1]
+    for point in x[:jacobian_points]:
+        jac = torch.autograd.functional.jacobian(lambda t: g(t.unsqueeze(0)).squeeze(0), point).reshape(dim, dim)
+        best = max(best, float(torch.linalg.matrix_norm(jac, ord=2)))
+    return best
 
 
 class LipSwish(nn.Module):
@@ -65,11 +201,17 @@ class ResidualFlow(Flow):
     contains it), recomputed on every call (no state, valid after any parameter
     change). So ``Lip(g) <= sqrt(c) * 1 * sqrt(c) = c`` always (default ``c = 0.9``).
 
-    Inverse: fixed point ``x_{k+1} = y - g(x_k)`` from ``x_0 = y`` (error
-    ``<= c^k ||g(y)|| / (1 - c)``), without autograd, stopping when
-    ``max |x_{k+1} - x_k| <= tol (1 + max |y|)``; a last step ``x = y - g(x)`` is taken
-    with autograd on, so gradients flow through one step (first-order). Raises
-    :class:`~flowlib.functional.SeriesNotConverged` after ``max_iter`` iterations.
+    The factor ``1.0998 / 1.1 = 0.9998`` of the activation leaves room for the float32
+    rounding of the computed bounds (relative ``~1e-6``), so ``Lip(g) <= c`` holds as computed.
+
+    Inverse: :func:`invert_contraction`, the fixed point ``x_{k+1} = y - g(x_k)`` from
+    ``x_0 = y`` without autograd, error ``<= c^n ||g(y)|| / (1 - c)`` after ``n`` iterations,
+    run for the ``n`` that makes this ``<= tol (1 + ||y||)`` per sample (known in advance, about
+    ``log(tol (1 - c) / ||g(y)||) / log c``; fewer when the a-posteriori bound is met first);
+    ``last_inverse_iterations`` records it. A last step ``x = y - g(x)`` is taken with autograd
+    on, so gradients flow through one step (first-order). Raises
+    :class:`~flowlib.functional.SeriesNotConverged` naming the layer when ``n > max_iter`` or
+    when a step breaks the contraction bound.
 
     Log-determinant: ``log det(I + J) = sum_{k>=1} (-1)^(k+1) tr(J^k) / k``.
 
@@ -110,7 +252,8 @@ class ResidualFlow(Flow):
         lipschitz: ``c`` (default 0.9).
         n_exact, roulette_p: Russian roulette (default 2 and ``1 - c``).
         exact_max_dim, eval_probes: evaluation mode choices (above).
-        tol, max_iter: inverse (``tol`` default ``1e-12`` in float64, ``1e-6`` otherwise; ``max_iter`` 500).
+        tol, max_iter: inverse (``tol`` default :func:`default_inverse_tol`: ``1e-12`` in float64,
+            ``1e-6`` otherwise; ``max_iter`` 500).
     """
 
     def __init__(
@@ -141,6 +284,7 @@ class ResidualFlow(Flow):
         self.eval_terms = series_terms(self.lipschitz, 1, 1e-3)
         self.tol = tol
         self.max_iter = int(max_iter)
+        self.last_inverse_iterations = 0
         self.w1 = nn.Parameter(torch.randn(hidden, C, 3, 3) / math.sqrt(9 * C))
         self.b1 = nn.Parameter(torch.zeros(hidden))
         self.act = LipSwish()
@@ -221,21 +365,9 @@ class ResidualFlow(Flow):
         return y, logdet
 
     def _inverse(self, y: Tensor) -> Tensor:
-        tol = self.tol if self.tol is not None else (1e-12 if y.dtype == torch.float64 else 1e-6)
+        tol = self.tol if self.tol is not None else default_inverse_tol(y.dtype)
         weights = self.weights(y.shape[2], y.shape[3])
-        with torch.no_grad():
-            threshold = tol * (1 + float(y.abs().max()))
-            x, step = y, float("inf")
-            for _ in range(self.max_iter):
-                x_next = y - self.g(x, weights)
-                step = float((x_next - x).abs().max())
-                x = x_next
-                if step <= threshold:
-                    break
-            else:
-                raise SeriesNotConverged(
-                    f"residual.inverse: the fixed-point iteration did not reach tol={tol:g} in "
-                    f"max_iter={self.max_iter} iterations (last step {step:.3g}, Lip(g) <= {self.lipschitz}); "
-                    "raise layer.max_iter or loosen layer.tol"
-                )
+        x, self.last_inverse_iterations = invert_contraction(
+            lambda t: self.g(t, weights), y, self.lipschitz, tol, self.max_iter, "residual"
+        )
         return y - self.g(x, weights)  # one step with autograd: exact value, first-order gradient
