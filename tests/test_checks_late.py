@@ -1,9 +1,12 @@
-"""Checkers of lessons 03-05 accept a reference solution and name each typical mistake.
+"""Checkers of lessons 03-05 accept the reference solutions and name each typical mistake.
 
-The reference solutions live here, not in flowlib (the lessons ask learners to write them).
+The reference solutions live once, in ``lessons/solutions/answers.py`` (the lessons ask learners to write
+them, so they are not in flowlib); the lecturer's notebooks are generated from the same file.
 """
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,64 +16,21 @@ from flowlib.checks import invertible_convolutions as conv_checks
 from flowlib.checks import sylvester as syl_checks
 from flowlib.checks import training as train_checks
 from flowlib.layers.fftconv import Periodic
-from flowlib.toy.sylvester import solve_monotone
 
 F64 = torch.float64
 
+_spec = importlib.util.spec_from_file_location(
+    "lesson_answers", Path(__file__).parents[1] / "lessons/solutions/answers.py"
+)
+answers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(answers)
 
-# -- reference solutions ---------------------------------------------------------------------------
-def conv1x1_logdet(W, H, Wd):
-    return H * Wd * torch.linalg.slogdet(W).logabsdet
-
-
-def centred_spectrum(kernel, H, W):
-    # fft2 of the kernel with its centre tap rolled to (0, 0); the cross-correlation's spectrum is its conjugate
-    k = kernel.shape[0]
-    padded = torch.zeros(H, W, dtype=kernel.dtype)
-    padded[:k, :k] = kernel
-    return torch.fft.fft2(torch.roll(padded, (-(k // 2), -(k // 2)), (0, 1)))
-
-
-def periodic_inverse(y, kernel):
-    return torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(kernel, *y.shape[-2:]).conj()).real
-
-
-def periodic_logdet(kernel, H, W):
-    return torch.log(centred_spectrum(kernel, H, W).abs()).sum()
-
-
-def sylvester_logdet(R, Rt, pre):
-    d = torch.diagonal(R) * torch.diagonal(Rt)
-    return torch.log1p(d * (1 - torch.tanh(pre) ** 2)).sum(1)
-
-
-def planar_inverse(y, u_hat, w, b):
-    c = w @ u_hat
-    t = y @ w + b
-    a, _ = solve_monotone(
-        lambda a: (a + c * torch.tanh(a), 1 + c * (1 - torch.tanh(a) ** 2)), t, t - c.abs(), t + c.abs()
-    )
-    return y - torch.tanh(a)[:, None] * u_hat
-
-
-def series_logdet(J, n_terms):
-    power, total = torch.eye(J.shape[0], dtype=J.dtype), torch.zeros((), dtype=J.dtype)
-    for k in range(1, n_terms + 1):
-        power = power @ J
-        total = total + (-1) ** (k + 1) * torch.trace(power) / k
-    return total
-
-
-def bits_per_dim(log_p, dims):
-    return -log_p / (dims * math.log(2))
-
-
-def bpd_from_density(log_density, dims):
-    return -(log_density - dims * math.log(256)) / (dims * math.log(2))
-
-
-def histogram_bpd(images, probs):
-    return -torch.log2(probs[images.long()]).mean()
+centred_spectrum, periodic_logdet, planar_inverse, series_logdet = (
+    answers.centred_spectrum,
+    answers.periodic_logdet,
+    answers.planar_inverse,
+    answers.series_logdet,
+)
 
 
 def skeleton(*args):
@@ -81,7 +41,13 @@ def skeleton(*args):
 MISTAKES = [
     (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: torch.linalg.slogdet(W).logabsdet, "H*W copies"),
     (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: (H + Wd) * torch.linalg.slogdet(W).logabsdet, "H + W"),
-    (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: H * Wd * torch.logdet(W), "NaN"),
+    (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: H * Wd * torch.logdet(W), "slogdet"),
+    (
+        conv_checks.check_conv1x1_logdet,
+        lambda W, H, Wd: H * Wd * torch.log(torch.linalg.det(W)),
+        "negative determinant",
+    ),
+    (conv_checks.check_conv1x1_logdet, lambda W, H, Wd: -H * Wd * torch.linalg.slogdet(W).logabsdet, "sign error"),
     (
         conv_checks.check_conv1x1_logdet,
         lambda W, H, Wd: H * Wd * torch.log(torch.diagonal(W).abs()).sum(),
@@ -107,8 +73,10 @@ MISTAKES = [
     (
         conv_checks.check_periodic_inverse,
         lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(k, *y.shape[-2:])).real,
-        "flipped",
+        "index sign error",
     ),
+    (conv_checks.check_periodic_inverse, lambda y, k: -answers.periodic_inverse(y, k), "sign error"),
+    (conv_checks.check_periodic_inverse, lambda y, k: answers.periodic_inverse(y, k).float(), "float32"),
     (
         conv_checks.check_periodic_inverse,
         lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / centred_spectrum(k, *y.shape[-2:]).conj()),
@@ -129,6 +97,7 @@ MISTAKES = [
         "real part",
     ),
     (conv_checks.check_periodic_logdet, lambda k, H, W: H * W * torch.log(k[1, 1].abs()), "1x1"),
+    (conv_checks.check_periodic_logdet, lambda k, H, W: -periodic_logdet(k, H, W), "sign error"),
     (
         syl_checks.check_sylvester_logdet,
         lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt) * torch.tanh(pre)).sum(1),
@@ -144,6 +113,12 @@ MISTAKES = [
         lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * (1 - torch.tanh(pre) ** 2)).sum(1),
         "only R",
     ),
+    (
+        syl_checks.check_sylvester_logdet,
+        lambda R, Rt, pre: torch.log(1 - torch.diagonal(R) * torch.diagonal(Rt) * (1 - torch.tanh(pre) ** 2)).sum(1),
+        "sign error inside the log",
+    ),
+    (syl_checks.check_sylvester_logdet, lambda R, Rt, pre: -answers.sylvester_logdet(R, Rt, pre), "sign error"),
     (
         syl_checks.check_sylvester_logdet,
         lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt) * (1 - torch.tanh(pre) ** 2)),
@@ -169,6 +144,7 @@ MISTAKES = [
     ),
     (syl_checks.check_series_logdet, lambda J, n: series_logdet(J, n - 1), "one term too few"),
     (syl_checks.check_series_logdet, lambda J, n: series_logdet(J, n) - J.shape[0], "k = 0"),
+    (syl_checks.check_series_logdet, lambda J, n: -series_logdet(J, n), "(-1)^(k+1)"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / dims, "nats per dimension"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: log_p / (dims * math.log(2)), "sign error"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / math.log(2), "number of dimensions"),
@@ -180,22 +156,51 @@ MISTAKES = [
         "wrong sign",
     ),
     (train_checks.check_bpd_from_density, lambda lv, dims: -(lv - dims * math.log(255)) / (dims * math.log(2)), "255"),
+    (train_checks.check_bpd_from_density, lambda lv, dims: -answers.bpd_from_density(lv, dims), "sign error"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log(p[x.long()]).mean(), "natural log"),
+    (train_checks.check_histogram_bpd, lambda x, p: torch.log2(p[x.long()]).mean(), "sign error"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x.long()]).flatten(1).sum(1).mean(), "summed"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x.long()]).flatten(1).mean(1), "shape"),
 ]
 
 REFERENCES = [
-    (conv_checks.check_conv1x1_logdet, conv1x1_logdet),
-    (conv_checks.check_periodic_inverse, periodic_inverse),
-    (conv_checks.check_periodic_logdet, periodic_logdet),
-    (syl_checks.check_sylvester_logdet, sylvester_logdet),
-    (syl_checks.check_planar_inverse, planar_inverse),
-    (syl_checks.check_series_logdet, series_logdet),
-    (train_checks.check_bits_per_dim, bits_per_dim),
-    (train_checks.check_bpd_from_density, bpd_from_density),
-    (train_checks.check_histogram_bpd, histogram_bpd),
+    (conv_checks.check_conv1x1_logdet, answers.conv1x1_logdet),
+    (conv_checks.check_periodic_inverse, answers.periodic_inverse),
+    (conv_checks.check_periodic_logdet, answers.periodic_logdet),
+    (syl_checks.check_sylvester_logdet, answers.sylvester_logdet),
+    (syl_checks.check_planar_inverse, answers.planar_inverse),
+    (syl_checks.check_series_logdet, answers.series_logdet),
+    (train_checks.check_bits_per_dim, answers.bits_per_dim),
+    (train_checks.check_bpd_from_density, answers.bpd_from_density),
+    (train_checks.check_histogram_bpd, answers.histogram_bpd),
 ]
+
+# Hints point to the idea, not to the formula: fragments of the answer that a "not attempted" message must not
+# contain (each was in a hint before).
+GIVEAWAYS = {
+    conv_checks.check_conv1x1_logdet: ["slogdet(W)", "count the pixels"],
+    conv_checks.check_periodic_inverse: ["ifft2", "conj(fft2", "/ K"],
+    conv_checks.check_periodic_logdet: ["sum over all (u, v) of log"],
+    syl_checks.check_sylvester_logdet: ["det(I + H R~ R)", "product over the diagonal"],
+    syl_checks.check_planar_inverse: ["a + c tanh(a)", "x = y - u_hat"],
+    syl_checks.check_series_logdet: ["(-1)^(k+1) tr", "P = J^k"],
+    train_checks.check_bits_per_dim: ["-log_p /", "D ln 2"],
+    train_checks.check_bpd_from_density: ["- D log 256", "-log P(x) / (D ln 2)"],
+    train_checks.check_histogram_bpd: ["images.long()", "-log2 of"],
+}
+
+
+@pytest.mark.parametrize("checker", GIVEAWAYS, ids=lambda c: c.__name__)
+def test_hint_gives_no_formula_away(checker):
+    message = checker(skeleton).message
+    leaked = [fragment for fragment in GIVEAWAYS[checker] if fragment in message]
+    assert not leaked, f"{checker.__name__}: the not-attempted hint contains {leaked}: {message}"
+
+
+def test_every_checker_has_a_reference_and_a_sign_error():
+    checkers = [c for c, _ in REFERENCES]
+    assert sorted(GIVEAWAYS, key=checkers.index) == checkers
+    assert {c for c, _, words in MISTAKES if "sign" in words or "(-1)^(k+1)" in words} == set(checkers)
 
 
 @pytest.mark.parametrize("checker, solution", REFERENCES, ids=[c.__name__ for c, _ in REFERENCES])

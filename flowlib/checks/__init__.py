@@ -8,8 +8,21 @@ feedback can say "you stopped one term early" instead of "incorrect". It returns
 a :class:`Feedback`, which renders as a coloured box in a notebook.
 
 A skeleton that still raises ``NotImplementedError`` gives the status
-``"not attempted"`` (with a hint) instead of an error, so a lesson committed with
-empty skeletons runs top to bottom.
+``"not attempted"`` (with a hint that points to the idea, not to the formula)
+instead of an error, so a lesson committed with empty skeletons runs top to bottom.
+
+Besides each exercise's own typical mistakes, :func:`run_cases` names three that
+every exercise can make:
+
+* a **sign error** (the result is the negative of the answer),
+* the **integer-factorial trap**: ``tensor / math.factorial(k)`` raises
+  ``OverflowError`` once ``k! > 2**63`` (``k >= 21``), so a series that passes
+  with few terms breaks with many (the series checkers use more than 20 terms),
+* an **integer or low-precision result** (``int``/``bool`` tensors, or float32
+  where float64 inputs were given).
+
+A :class:`Case` can also say what a NaN or Inf means on its input (e.g.
+``torch.logdet`` of a matrix with negative determinant).
 
 The shared machinery here:
 
@@ -29,11 +42,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Feedback", "Case", "run_cases", "relative_error", "CORRECT", "INCORRECT", "NOT_ATTEMPTED", "ERROR"]
+__all__ = [
+    "Feedback",
+    "Case",
+    "run_cases",
+    "relative_error",
+    "FACTORIAL_TRAP",
+    "CORRECT",
+    "INCORRECT",
+    "NOT_ATTEMPTED",
+    "ERROR",
+]
 
 CORRECT, INCORRECT, NOT_ATTEMPTED, ERROR = "correct", "incorrect", "not attempted", "error"
 _COLOURS = {CORRECT: "#e6f4ea", INCORRECT: "#fdecea", NOT_ATTEMPTED: "#f1f3f4", ERROR: "#fdecea"}
 _ICONS = {CORRECT: "✔", INCORRECT: "✘", NOT_ATTEMPTED: "…", ERROR: "✘"}
+
+FACTORIAL_TRAP = (
+    "This is the integer-factorial trap: math.factorial(k) is an exact Python int, and from k = 21 on it no "
+    "longer fits into the 64-bit integer a tensor operation converts it to. Divide by a float instead, or "
+    "better, get each term from the previous one (term / k) so that no factorial is formed at all"
+)
 
 
 @dataclass(frozen=True)
@@ -76,12 +105,15 @@ class Case:
         expected: the correct output.
         mistakes: ``(message, output)`` for each typical mistake on this input; when the
             learner's output matches one of them, the feedback is that message.
+        nonfinite: what a NaN or Inf in the learner's output means on this input (e.g. "det W < 0
+            here: torch.logdet is NaN, use slogdet"); ``None`` gives a generic message.
     """
 
     label: str
     args: tuple
     expected: Tensor
     mistakes: list[tuple[str, Tensor]] = field(default_factory=list)
+    nonfinite: str | None = None
 
 
 def relative_error(got: Tensor, want: Tensor) -> float:
@@ -112,7 +144,7 @@ def run_cases(
         exercise: the exercise's name, shown in the feedback.
         fn: the learner's function.
         cases: the inputs with their expected outputs and typical mistakes.
-        hint: what to do when ``fn`` still raises ``NotImplementedError``.
+        hint: where to look when ``fn`` still raises ``NotImplementedError``: the idea, not the formula.
         success: the message when every case passes.
         tol: tolerance of :func:`relative_error` for a match (expected or mistake).
     """
@@ -125,45 +157,66 @@ def run_cases(
         except NotImplementedError:
             return Feedback(exercise, NOT_ATTEMPTED, f"the function still raises NotImplementedError. {hint}")
         except Exception as err:  # the learner's bug: report it instead of crashing the notebook
-            return Feedback(exercise, ERROR, f"your function raised {type(err).__name__} on {case.label}: {err}")
-        got = _to_tensor(result)
-        if got is None:
-            return Feedback(
-                exercise,
-                INCORRECT,
-                f"on {case.label} your function returned a {type(result).__name__}; return a torch.Tensor "
-                f"(or a number) of shape {list(case.expected.shape)}",
-            )
-        want = case.expected.to(torch.float64)
-        if got.shape != want.shape:
-            if got.numel() == want.numel() and got.numel() > 1:
-                got = got.reshape(want.shape)
-                note = f" (it returned shape {list(result.shape)}, reshaped to {list(want.shape)})"
-            else:
-                return Feedback(
-                    exercise,
-                    INCORRECT,
-                    f"on {case.label} the result has shape {list(got.shape)}, expected {list(want.shape)}",
-                )
-        else:
-            note = ""
-        if got.is_complex():
-            return Feedback(exercise, INCORRECT, f"on {case.label} the result is complex; the answer is real")
-        if not torch.isfinite(got).all():
-            return Feedback(exercise, INCORRECT, f"on {case.label} the result contains NaN or Inf")
-        error = relative_error(got, want)
-        if error <= tol:
-            continue
-        for message, wrong in case.mistakes:
-            if wrong.shape == want.shape and relative_error(got, wrong.to(torch.float64)) <= tol:
-                return Feedback(exercise, INCORRECT, f"on {case.label}: {message}{note}")
-        return Feedback(
-            exercise,
-            INCORRECT,
-            f"on {case.label} the result is off by {error:.3g} (relative; tolerance {tol:g}){note}. "
-            f"Expected {_preview(want)}, got {_preview(got)}.",
-        )
+            message = f"your function raised {type(err).__name__} on {case.label}: {err}"
+            if _is_integer_overflow(err):
+                message += f". {FACTORIAL_TRAP}"
+            return Feedback(exercise, ERROR, message)
+        verdict = _compare(result, case, tol)
+        if verdict is not None:
+            return Feedback(exercise, INCORRECT, verdict)
     return Feedback(exercise, CORRECT, success)
+
+
+def _is_integer_overflow(err: Exception) -> bool:
+    """``tensor / math.factorial(21)`` raises ``OverflowError`` ("int too big to convert") in torch."""
+    return isinstance(err, OverflowError) or (isinstance(err, RuntimeError) and "overflow" in str(err).lower())
+
+
+def _compare(result: Any, case: Case, tol: float) -> str | None:
+    """``None`` when ``result`` matches ``case.expected``; otherwise what is wrong, in words."""
+    if isinstance(result, Tensor) and not (result.is_floating_point() or result.is_complex()):
+        return (
+            f"on {case.label} your function returned an integer tensor (dtype {result.dtype}); the answer is a "
+            "real number: compute in floating point (the inputs are float64)"
+        )
+    got = _to_tensor(result)
+    if got is None:
+        return (
+            f"on {case.label} your function returned a {type(result).__name__}; return a torch.Tensor "
+            f"(or a number) of shape {list(case.expected.shape)}"
+        )
+    want = case.expected.to(torch.float64)
+    note = ""
+    if got.shape != want.shape:
+        if got.numel() != want.numel() or got.numel() <= 1:
+            return f"on {case.label} the result has shape {list(got.shape)}, expected {list(want.shape)}"
+        got = got.reshape(want.shape)
+        note = f" (it returned shape {list(result.shape)}, reshaped to {list(want.shape)})"
+    if got.is_complex():
+        return f"on {case.label} the result is complex; the answer is real"
+    if not torch.isfinite(got).all():
+        return (
+            f"on {case.label}: {case.nonfinite}"
+            if case.nonfinite
+            else f"on {case.label} the result contains NaN or Inf"
+        )
+    error = relative_error(got, want)
+    if error <= tol:
+        return None
+    for message, wrong in case.mistakes:
+        if wrong.shape == want.shape and relative_error(got, wrong.to(torch.float64)) <= tol:
+            return f"on {case.label}: {message}{note}"
+    if relative_error(got, -want) <= tol:
+        return f"on {case.label}: sign error, your result is the negative of the right answer{note}"
+    if isinstance(result, Tensor) and result.dtype in (torch.float32, torch.float16, torch.bfloat16) and error < 1e-3:
+        return (
+            f"on {case.label} the result is {result.dtype} and off by {error:.1g}: that is rounding, not a "
+            "wrong formula. Keep float64 (e.g. dtype=A.dtype when you create a tensor)"
+        )
+    return (
+        f"on {case.label} the result is off by {error:.3g} (relative; tolerance {tol:g}){note}. "
+        f"Expected {_preview(want)}, got {_preview(got)}."
+    )
 
 
 def _preview(t: Tensor, n: int = 4) -> str:

@@ -9,6 +9,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,15 +41,15 @@ def _transposed(kernel: Tensor) -> Tensor:
     return kernel.transpose(0, 1).flip(-2, -1)
 
 
-def _series(x: Tensor, kernel: Tensor, terms: int, factorial: bool = True, from_x: bool = False) -> Tensor:
-    """``sum_{k<=terms} M^k x / k!`` and two typical distortions of it."""
+def _series(x: Tensor, kernel: Tensor, terms: int, divisor=lambda k: k, from_x: bool = False) -> Tensor:
+    """``sum_{k<=terms} M^k x / k!`` (term_k = M term_{k-1} / divisor(k)) and typical distortions of it."""
     padding = kernel.shape[-1] // 2
     result, term = x, x
     for k in range(1, terms + 1):
         if from_x:
             term = F.conv2d(x, kernel, padding=padding) / k
         else:
-            term = F.conv2d(term, kernel, padding=padding) / (k if factorial else 1)
+            term = F.conv2d(term, kernel, padding=padding) / divisor(k)
         result = result + term
     return result
 
@@ -78,6 +80,10 @@ def check_conv_matrix(fn) -> Feedback:
                         "that fall outside the image contribute nothing",
                         _periodic_matrix(k, height, width),
                     ),
+                    (
+                        "sign error: your matrix is -M, the convolution with -kernel; column j is +conv(e_j)",
+                        -conv_matrix(k, height, width),
+                    ),
                 ],
             )
         )
@@ -85,8 +91,8 @@ def check_conv_matrix(fn) -> Feedback:
         "conv_matrix",
         fn,
         cases,
-        hint="Convolve each of the C*H*W basis images e_j with F.conv2d(..., padding=1); flatten each result "
-        "into column j.",
+        hint="A linear map is known once you know what it does to each basis vector. What does the convolution "
+        "do to an image that is zero except for a single entry, and where does that go in M?",
         success="your matrix reproduces F.conv2d with zero padding on 1- and 2-channel kernels.",
     )
 
@@ -100,9 +106,13 @@ def _periodic_matrix(kernel: Tensor, height: int, width: int) -> Tensor:
 
 
 def check_conv_exp_series(fn) -> Feedback:
-    """Exercise: ``fn(x, kernel, terms) = sum_{k=0}^{terms} M^k x / k!`` using only convolutions."""
+    """Exercise: ``fn(x, kernel, terms) = sum_{k=0}^{terms} M^k x / k!`` using only convolutions.
+
+    The last case has 24 terms: dividing by ``math.factorial(k)`` raises ``OverflowError`` from ``k = 21`` on
+    (the integer-factorial trap).
+    """
     cases = []
-    for channels, terms, seed in [(2, 6, 10), (1, 3, 11)]:
+    for channels, terms, seed in [(2, 6, 10), (1, 3, 11), (2, 24, 12)]:
         k = _kernel(channels, 0.3, seed)
         x = _image(channels, 5, 6, seed + 100)
         cases.append(
@@ -118,7 +128,17 @@ def check_conv_exp_series(fn) -> Feedback:
                     ("you added one term too many: the last term is M^terms x / terms!", _series(x, k, terms + 1)),
                     (
                         "the terms are missing 1/k!: compute each term from the previous one, term = conv(term) / k",
-                        _series(x, k, terms, factorial=False),
+                        _series(x, k, terms, divisor=lambda k: 1),
+                    ),
+                    (
+                        "you divided the running term by k! instead of by k: the previous term already carries "
+                        "1/(k-1)!, so term_k = conv(term_{k-1}) / k",
+                        _series(x, k, terms, divisor=lambda k: float(math.factorial(k))),
+                    ),
+                    (
+                        "sign error: that is exp(-M) x (the series of the negated kernel, or alternating signs); "
+                        "every term of exp(M) x is added with a + sign",
+                        _series(x, -k, terms),
                     ),
                     (
                         "every term convolves x itself (M x / k); term k is M applied to term k-1, so that "
@@ -142,15 +162,20 @@ def check_conv_exp_series(fn) -> Feedback:
         "conv_exp_series",
         fn,
         cases,
-        hint="Keep a running term: term_k = M term_{k-1} / k is one F.conv2d of the previous term (padding=1).",
-        success="your series equals flowlib.functional.conv_exp(x, kernel, terms=terms) without ever building M.",
+        hint="You never need M^k itself: how is the k-th term of the series related to the (k-1)-th one, and "
+        "what does multiplying by M mean for an image?",
+        success="your series equals flowlib.functional.conv_exp(x, kernel, terms=terms) without ever building M "
+        "(also with 24 terms: no integer-factorial overflow).",
     )
 
 
 def check_inv_conv_exp(fn) -> Feedback:
-    """Exercise: ``fn(y, kernel, terms) = exp(-M) y``, the inverse of the convolution exponential."""
+    """Exercise: ``fn(y, kernel, terms) = exp(-M) y``, the inverse of the convolution exponential.
+
+    The first case has 22 terms, so a series built on ``math.factorial`` ints shows the integer-factorial trap.
+    """
     cases = []
-    for channels, terms, seed in [(2, 12, 20), (3, 10, 21)]:
+    for channels, terms, seed in [(2, 22, 20), (3, 10, 21)]:
         k = _kernel(channels, 0.25, seed)
         y = _image(channels, 6, 5, seed + 100)
         cases.append(
@@ -160,7 +185,7 @@ def check_inv_conv_exp(fn) -> Feedback:
                 conv_exp(y, -k, terms=terms),
                 [
                     (
-                        "you applied exp(M) again; the inverse is exp(-M): negate the kernel",
+                        "sign error: with +kernel you applied exp(M) again; the inverse is exp(-M): negate the kernel",
                         conv_exp(y, k, terms=terms),
                     ),
                     (
@@ -192,7 +217,8 @@ def check_inv_conv_exp(fn) -> Feedback:
         "inv_conv_exp",
         fn,
         cases,
-        hint="exp(M)^{-1} = exp(-M), and -M is the convolution with -kernel.",
+        hint="Lesson 01 inverted a matrix exponential without a solve. Which matrix is that here, and which "
+        "kernel's convolution is it?",
         success="negating the kernel inverts the convolution exponential: same cost as the forward pass.",
     )
 
@@ -246,6 +272,11 @@ def check_conv_exp_logdet(fn) -> Feedback:
                     ),
                     ("only one image side is counted: multiply by H*W", height * torch.trace(centre)),
                     ("only one image side is counted: multiply by H*W", width * torch.trace(centre)),
+                    (
+                        "sign error: -H*W*tr(centre tap) is the log-determinant of the inverse exp(-M); the "
+                        "forward map's is +tr M",
+                        -hw * torch.trace(centre),
+                    ),
                 ],
             )
         )
@@ -253,7 +284,8 @@ def check_conv_exp_logdet(fn) -> Feedback:
         "conv_exp_logdet",
         fn,
         cases,
-        hint="log|det exp(M)| = tr M. Which kernel entries land on the diagonal of M (pixel p, channel c to "
-        "pixel p, channel c), and how many times?",
+        hint="Lesson 01 related the log-determinant of an exponential to something cheap to read off its "
+        "argument. Which kernel entries land on the diagonal of M (pixel p, channel c to pixel p, channel c), "
+        "and how many times?",
         success="tr M = H*W*tr(centre tap): an O(C) log-determinant for a (C*H*W)-dimensional map.",
     )

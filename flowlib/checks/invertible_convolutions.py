@@ -64,7 +64,12 @@ def check_conv1x1_logdet(fn) -> Feedback:
                 f"a random {C}x{C} W (det {'< 0' if flip_sign else '> 0'}) on {H}x{Wd} images",
                 (W, H, Wd),
                 H * Wd * logabs,
-                [
+                nonfinite=(
+                    "the result is NaN or Inf. det W < 0 here, and torch.logdet (or log(det W)) is NaN for a "
+                    "negative determinant. The change of variables needs log|det W|: use "
+                    "torch.linalg.slogdet(W).logabsdet"
+                ),
+                mistakes=[
                     (
                         "you returned log|det W| only: the same W acts at each of the H*W pixels, so the Jacobian is "
                         "block diagonal with H*W copies of W and the log-determinant is H*W*log|det W|",
@@ -76,6 +81,11 @@ def check_conv1x1_logdet(fn) -> Feedback:
                         "you used the diagonal of W as if it were triangular; use torch.linalg.slogdet",
                         H * Wd * torch.log(torch.diagonal(W).abs()).sum(),
                     ),
+                    (
+                        "sign error: -H*W*log|det W| is the log-determinant of the inverse layer (W^-1 at every "
+                        "pixel); the forward layer's is +H*W*log|det W|",
+                        -H * Wd * logabs,
+                    ),
                 ],
             )
         )
@@ -83,7 +93,8 @@ def check_conv1x1_logdet(fn) -> Feedback:
         "conv1x1_logdet",
         fn,
         cases,
-        hint="Use torch.linalg.slogdet(W) (it handles det < 0, where torch.logdet gives NaN) and count the pixels.",
+        hint="Think of the Jacobian's structure (exercise 1). And det W may be negative: which torch function "
+        "returns log|det| even then?",
         success="log|det J| = H W log|det W|: the 1x1 convolution is H*W copies of W.",
     )
 
@@ -113,9 +124,14 @@ def check_periodic_inverse(fn) -> Feedback:
                         torch.fft.ifft2(y_hat / _uncentred_spectrum(kernel, H, W)).real,
                     ),
                     (
-                        "you inverted the convolution with the flipped kernel (a true convolution): the layer is a "
-                        "cross-correlation, whose spectrum is the complex conjugate of fft2 of the centred kernel",
+                        "index sign error: you inverted the convolution with the flipped kernel (x[h - a], a true "
+                        "convolution); the layer is a cross-correlation (x[h + a]), whose spectrum is the complex "
+                        "conjugate of fft2 of the centred kernel",
                         torch.fft.ifft2(y_hat / spectrum(kernel.flip(0, 1), H, W)).real,
+                    ),
+                    (
+                        "sign error: your x is the negative of the answer (did you divide by -K, or subtract?)",
+                        -torch.fft.ifft2(y_hat / K).real,
                     ),
                 ],
             )
@@ -124,8 +140,8 @@ def check_periodic_inverse(fn) -> Feedback:
         "periodic_inverse",
         fn,
         cases,
-        hint="Compute K = conj(fft2(centred kernel)) on the H x W grid (conj: a cross-correlation), "
-        "then x = ifft2(fft2(y) / K).real.",
+        hint="The convolution theorem turns the periodic convolution into a product, one factor per frequency. "
+        "How do you undo a product? (Mind where the kernel's centre sits, and that this is a cross-correlation.)",
         success="Division in frequency space inverts the periodic convolution: one division per frequency.",
         tol=1e-8,
     )
@@ -163,6 +179,11 @@ def check_periodic_logdet(fn) -> Feedback:
                         H * W * torch.log(kernel[k // 2, k // 2].abs()),
                     ),
                     ("you returned the determinant itself, not its logarithm", K.abs().prod()),
+                    (
+                        "sign error: -sum log|K(u, v)| is the log-determinant of the inverse (division by K); the "
+                        "forward convolution's is +sum log|K(u, v)|",
+                        -torch.log(K.abs()).sum(),
+                    ),
                 ],
             )
         )
@@ -170,6 +191,7 @@ def check_periodic_logdet(fn) -> Feedback:
         "periodic_logdet",
         fn,
         cases,
-        hint="The DFT diagonalises the periodic convolution: log|det| = sum over all (u, v) of log|K(u, v)|.",
+        hint="In the Fourier basis the periodic convolution is diagonal. What is the determinant of a diagonal "
+        "matrix, and how many diagonal entries does this one have?",
         success="log|det| is the sum of log|K(u, v)| over the H*W frequencies.",
     )

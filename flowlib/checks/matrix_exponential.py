@@ -31,7 +31,16 @@ def _matrix(n: int, scale: float, seed: int) -> Tensor:
     return scale * torch.randn(n, n, generator=g, dtype=torch.float64)
 
 
-def _series(A: Tensor, terms: int, power=torch.linalg.matrix_power, factorial=math.factorial, first: int = 0) -> Tensor:
+def _factorial(k: int) -> float:
+    return float(math.factorial(k))
+
+
+def _running_factorial(k: int) -> float:
+    """``1! 2! ... k!``: what dividing a running term by ``k!`` (instead of ``k``) accumulates."""
+    return math.prod(_factorial(j) for j in range(1, k + 1))
+
+
+def _series(A: Tensor, terms: int, power=torch.linalg.matrix_power, factorial=_factorial, first: int = 0) -> Tensor:
     """``sum_{k=first}^{terms} power(A, k) / factorial(k)``: the right answer and its typical distortions."""
     total = torch.zeros_like(A)
     for k in range(first, terms + 1):
@@ -50,9 +59,13 @@ def _squared(B: Tensor, times: int) -> Tensor:
 
 
 def check_expm_series(fn) -> Feedback:
-    """Exercise: ``fn(A, terms) = sum_{k=0}^{terms} A^k / k!`` (``terms + 1`` summands: I, A, ..., A^terms/terms!)."""
+    """Exercise: ``fn(A, terms) = sum_{k=0}^{terms} A^k / k!`` (``terms + 1`` summands: I, A, ..., A^terms/terms!).
+
+    The last case has 25 terms: ``A^k / math.factorial(k)`` raises ``OverflowError`` from ``k = 21`` on,
+    and is reported as the integer-factorial trap.
+    """
     cases = []
-    for n, scale, terms, seed in [(3, 0.7, 4, 0), (2, 1.5, 7, 1), (4, 0.5, 1, 2)]:
+    for n, scale, terms, seed in [(3, 0.7, 4, 0), (2, 1.5, 7, 1), (4, 0.5, 1, 2), (3, 1.2, 25, 3)]:
         A = _matrix(n, scale, seed)
         cases.append(
             Case(
@@ -91,6 +104,16 @@ def check_expm_series(fn) -> Feedback:
                         "the identity (the k = 0 term, A^0 / 0! = I) is missing",
                         _series(A, terms, first=1),
                     ),
+                    (
+                        "you divided the running term by k! instead of by k: the previous term already carries "
+                        "1/(k-1)!, so term_k = term_{k-1} A / k",
+                        _series(A, terms, factorial=_running_factorial),
+                    ),
+                    (
+                        "sign error: that is exp(-A) (you negated A, or subtracted the odd terms); every term "
+                        "of exp(A) is added with a + sign",
+                        _series(-A, terms),
+                    ),
                 ],
             )
         )
@@ -98,8 +121,10 @@ def check_expm_series(fn) -> Feedback:
         "expm_series",
         fn,
         cases,
-        hint="Write sum_{k=0}^{terms} A^k / k! in a loop; torch.linalg.matrix_power and math.factorial help.",
-        success="your series matches flowlib.linalg.expm_taylor on 3 matrices (terms = 1, 4, 7).",
+        hint="Start from the scalar series of e^a and replace the number a by the matrix A: what does a power "
+        "of a matrix mean, and which is the last degree to include?",
+        success="your series matches flowlib.linalg.expm_taylor on 4 matrices (terms = 1, 4, 7 and 25: no "
+        "integer-factorial overflow).",
     )
 
 
@@ -143,7 +168,8 @@ def check_expm_inverse(fn) -> Feedback:
         "expm_inverse",
         fn,
         cases,
-        hint="Use flowlib.linalg.expm; which matrix B satisfies exp(A) exp(B) = I?",
+        hint="exp(A) exp(B) = exp(A + B) holds whenever A and B commute. Is there a B that commutes with A "
+        "and makes the right-hand side the identity? (flowlib.linalg.expm computes exp.)",
         success="exp(-A) is the inverse, and it cost one more matrix exponential instead of a solve.",
     )
 
@@ -180,6 +206,11 @@ def check_expm_logdet(fn) -> Feedback:
                         "that is tr exp(A); the log-determinant of exp(A) is tr A (the trace of A, not of exp(A))",
                         torch.trace(expm(A)),
                     ),
+                    (
+                        "sign error: -tr A is the log-determinant of the inverse exp(-A); exp(A) itself has "
+                        "log |det exp(A)| = +tr A",
+                        -tr,
+                    ),
                 ],
             )
         )
@@ -187,7 +218,8 @@ def check_expm_logdet(fn) -> Feedback:
         "expm_logdet",
         fn,
         cases,
-        hint="det exp(A) = exp(tr A). Take the logarithm of both sides.",
+        hint="How are the eigenvalues of exp(A) related to those of A? And how are a determinant and a trace "
+        "built from eigenvalues?",
         success="log |det exp(A)| = tr A: O(n) instead of an O(n^3) determinant.",
     )
 
@@ -225,6 +257,11 @@ def check_conv1x1_exp_logdet(fn) -> Feedback:
                         "you summed every entry of A; the trace sums the diagonal only",
                         height * width * A.sum(),
                     ),
+                    (
+                        "sign error: -H*W*tr(A) is the log-determinant of the inverse layer (exp(-A) at every "
+                        "pixel); the forward layer's is positive H*W*tr(A)",
+                        -height * width * tr,
+                    ),
                 ],
             )
         )
@@ -232,15 +269,19 @@ def check_conv1x1_exp_logdet(fn) -> Feedback:
         "conv1x1_exp_logdet",
         fn,
         cases,
-        hint="The Jacobian is block diagonal with one block exp(A) per pixel.",
+        hint="Which outputs does one input pixel influence? Write down the Jacobian for an image of two pixels "
+        "and look at its structure.",
         success="H*W*tr(A): the 1x1 convolution's Jacobian is exp(A) repeated once per pixel.",
     )
 
 
 def check_scaling_and_squaring(fn) -> Feedback:
-    """Exercise: ``fn(A, s, terms) = T(A / 2^s)^(2^s)`` with ``T`` the series truncated after ``terms``."""
+    """Exercise: ``fn(A, s, terms) = T(A / 2^s)^(2^s)`` with ``T`` the series truncated after ``terms``.
+
+    The last case has 22 terms, so a series built on ``math.factorial`` ints shows the integer-factorial trap.
+    """
     cases = []
-    for n, scale, s, terms, seed in [(3, 2.0, 3, 6, 40), (2, 4.0, 4, 8, 41)]:
+    for n, scale, s, terms, seed in [(3, 2.0, 3, 6, 40), (2, 4.0, 4, 8, 41), (3, 3.0, 2, 22, 42)]:
         A = _matrix(n, scale, seed)
         small = expm_taylor(A / 2**s, terms)
         cases.append(
@@ -273,6 +314,10 @@ def check_scaling_and_squaring(fn) -> Feedback:
                         "you multiplied by 2^s; undo the scaling by squaring s times (exp(A) = exp(A/2^s)^(2^s))",
                         2**s * small,
                     ),
+                    (
+                        "sign error: that approximates exp(-A), the inverse; scale A by +1/2^s, not -1/2^s",
+                        _squared(expm_taylor(-A / 2**s, terms), s),
+                    ),
                 ],
             )
         )
@@ -280,6 +325,8 @@ def check_scaling_and_squaring(fn) -> Feedback:
         "scaling_and_squaring",
         fn,
         cases,
-        hint="Use flowlib.linalg.expm_taylor(A / 2**s, terms) for the series, then square the result s times.",
-        success="scaling and squaring reproduces the reference, including on matrices with norm > 1.",
+        hint="The series converges fast when the matrix is small. Which identity of the exponential lets you "
+        "shrink A first and undo the shrinking afterwards?",
+        success="scaling and squaring reproduces the reference, including on matrices with norm > 1 and with "
+        "22 series terms.",
     )

@@ -60,6 +60,16 @@ def check_sylvester_logdet(fn) -> Feedback:
                         "you used only R's diagonal; the triangular product R~ R has diagonal R_ii * R~_ii",
                         torch.log((1 + torch.diagonal(R) * deriv).abs()).sum(1),
                     ),
+                    (
+                        "sign error inside the log: the Jacobian is I + (...), so each factor is "
+                        "1 + R_ii R~_ii tanh'(pre_i), not 1 - ...",
+                        torch.log((1 - d * deriv).abs()).sum(1),
+                    ),
+                    (
+                        "sign error: your log-determinant is the negative of the right one (that of the inverse "
+                        "map); the forward step's factors 1 + R_ii R~_ii tanh'(pre_i) enter with a + sign",
+                        -torch.log((1 + d * deriv).abs()).sum(1),
+                    ),
                 ],
             )
         )
@@ -67,7 +77,8 @@ def check_sylvester_logdet(fn) -> Feedback:
         "sylvester_logdet",
         fn,
         cases,
-        hint="det(I + Q R H R~ Q^T) = det(I + H R~ R) (Sylvester), triangular: a product over the diagonal.",
+        hint="Sylvester's identity moves the determinant from D x D to M x M. What does the chain rule put "
+        "between R and R~, and what is the determinant of a triangular matrix?",
         success="log|det J| = sum_i log|1 + R_ii R~_ii tanh'(pre_i)|.",
     )
 
@@ -113,8 +124,8 @@ def check_planar_inverse(fn) -> Feedback:
         "planar_inverse",
         fn,
         cases,
-        hint="Solve the scalar equation a + c tanh(a) = w^T y + b (c = w^T u_hat; Newton or bisection), "
-        "then x = y - u_hat tanh(a).",
+        hint="Take the inner product of both sides with w: the unknown w^T x + b satisfies a scalar equation. "
+        "Is it monotone, and what is the easiest way to solve it? Once you know it, x follows directly.",
         success="The planar flow inverts with one monotone scalar root solve per sample.",
         tol=1e-8,
     )
@@ -161,6 +172,10 @@ def check_series_logdet(fn) -> Feedback:
                         (signs * traces[1] ** ks / ks).sum(),
                     ),
                     ("you summed one term too few (k = 1 .. n_terms - 1)", (signs * traces[1:] / ks)[:-1].sum()),
+                    (
+                        "sign error: the signs alternate starting with +tr(J) for k = 1, i.e. (-1)^(k+1), not (-1)^k",
+                        -(signs * traces[1:] / ks).sum(),
+                    ),
                 ],
             )
         )
@@ -168,6 +183,7 @@ def check_series_logdet(fn) -> Feedback:
         "series_logdet",
         fn,
         cases,
-        hint="Accumulate P = J^k with one matrix product per term and add (-1)^(k+1) tr(P) / k for k = 1..n_terms.",
+        hint="The signs follow the scalar series of log(1 + x). Can you get the next power of J from the previous "
+        "one instead of recomputing it?",
         success="The truncated series log det(I + J) = sum_k (-1)^(k+1) tr(J^k) / k.",
     )

@@ -39,7 +39,12 @@ def check_bits_per_dim(fn) -> Feedback:
             )
         )
     return run_cases(
-        "bits_per_dim", fn, cases, hint="bits/dim = -log_p / (D ln 2).", success="bits/dim = -log_p / (D ln 2)."
+        "bits_per_dim",
+        fn,
+        cases,
+        hint="Two conversions: from nats to bits (how are ln and log2 related?) and from a whole image to one "
+        "dimension. Mind the sign: a likelihood is not a cost.",
+        success="bits/dim = -log_p / (D ln 2).",
     )
 
 
@@ -65,6 +70,11 @@ def check_bpd_from_density(fn) -> Feedback:
                         -(log_v - dims * math.log(255)) / (dims * LN2),
                     ),
                     ("you returned nats per dimension: divide by ln 2", -(log_v - dims * math.log(256)) / dims),
+                    (
+                        "sign error: bits/dim is the *negative* log-likelihood per dimension (a cost, >= 0 for "
+                        "discrete data)",
+                        -right,
+                    ),
                 ],
             )
         )
@@ -72,7 +82,8 @@ def check_bpd_from_density(fn) -> Feedback:
         "bpd_from_density",
         fn,
         cases,
-        hint="log P(x) >= log p(v) - D log 256; then bits/dim = -log P(x) / (D ln 2).",
+        hint="Change of variables: a density of v = (x + u) / 256 and a density of x + u differ by the "
+        "log-determinant of the rescaling. Then convert as in exercise 1.",
         success="bpd = -(log p(v) - D log 256) / (D ln 2) = 8 - log p(v) / (D ln 2).",
     )
 
@@ -105,6 +116,7 @@ def check_histogram_bpd(fn) -> Feedback:
         "histogram_bpd",
         fn,
         cases,
-        hint="Index probs with the pixel values (images.long()) and average -log2 of the result.",
+        hint="How many bits does it cost to encode a value of probability p? Average that cost over every "
+        "pixel value of every image.",
         success="Under independent pixels, bpd is the mean of -log2 p(pixel value).",
     )
