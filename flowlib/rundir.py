@@ -262,7 +262,9 @@ def _free(path: Path) -> str:
 
 def _write_error(path: Path, e: OSError) -> WriteError:
     hint = " (the disk is full: free some space, then --resume)" if e.errno == errno.ENOSPC else ""
-    return WriteError(e.errno, f"could not write {path}: {e.strerror or e}{hint}; {_free(path.parent)}")
+    error = WriteError(f"could not write {path}: {e.strerror or e}{hint}; {_free(path.parent)}")
+    error.errno = e.errno
+    return error
 
 
 class write_guard:

@@ -386,7 +386,8 @@ def _plot_curves(out: Path) -> Path:
             ax.plot(*zip(*points, strict=True), style, label=key.replace("_bpd", ""), markersize=3)
     ax.set(xlabel="step", ylabel="bits per dimension", title=out.name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_lines():
+        ax.legend()
     path = out / "bpd_curve.png"
     with rundir.write_guard(path):
         fig.savefig(path, dpi=120)
@@ -875,7 +876,7 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
                 if stop_v > 0:
                     interrupted = True
                     break
-        if interrupted and last_saved != step:
+        if (interrupted or step == cfg.steps) and last_saved != step:  # e.g. --steps 0: a step-0 checkpoint
             save_last()
     except KeyboardInterrupt:  # a second Ctrl-C: abort now, write nothing more
         interrupted = aborted = True

@@ -31,11 +31,14 @@ def flag(name: str) -> str:
 
 
 def _range(low, high, low_open: bool, high_open: bool) -> str:
+    def show(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {show(low)}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {show(high)}")
     return " and ".join(parts)
 
 
