@@ -161,6 +161,12 @@ def _square(B, times):
     return B
 
 
+def _square_elementwise(B, times):
+    for _ in range(times):
+        B = B**2
+    return B
+
+
 def _int_factorial_conv_series(x, kernel, terms):  # M^k x / math.factorial(k), the int overflows from k = 21
     total, power = x, x
     for k in range(1, terms + 1):
@@ -248,6 +254,7 @@ def test_conv1x1_exp_logdet(wrong, phrase):
         (lambda A, s, t: series_ref(A / 2**s, t), "squaring step is missing"),
         (lambda A, s, t: 2**s * series_ref(A / 2**s, t), "multiplied by 2^s"),
         (lambda A, s, t: _square(series_ref(-A / 2**s, t), s), "sign error"),
+        (lambda A, s, t: _square_elementwise(series_ref(A / 2**s, t), s), "elementwise square"),
     ],
 )
 def test_scaling_and_squaring(wrong, phrase):
@@ -375,6 +382,7 @@ def test_inv_conv_exp(wrong, phrase):
         (lambda k, H, W: H * W * torch.linalg.slogdet(k[:, :, 1, 1]).logabsdet, "no determinant"),
         (lambda k, H, W: W * torch.trace(k[:, :, 1, 1]), "one image side"),
         (lambda k, H, W: -H * W * torch.trace(k[:, :, 1, 1]), "sign error"),
+        (lambda k, H, W: H * W * torch.trace(k[:, :, 0, 0]), "corner tap"),
     ],
 )
 def test_conv_exp_logdet(wrong, phrase):

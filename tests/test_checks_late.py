@@ -76,6 +76,11 @@ MISTAKES = [
         "index sign error",
     ),
     (conv_checks.check_periodic_inverse, lambda y, k: -answers.periodic_inverse(y, k), "sign error"),
+    (
+        conv_checks.check_periodic_inverse,
+        lambda y, k: torch.fft.ifft2(torch.fft.fft2(y) / torch.fft.fft2(k, s=y.shape[-2:])).real,
+        "both the centring",
+    ),
     (conv_checks.check_periodic_inverse, lambda y, k: answers.periodic_inverse(y, k).float(), "float32"),
     (
         conv_checks.check_periodic_inverse,
@@ -98,6 +103,8 @@ MISTAKES = [
     ),
     (conv_checks.check_periodic_logdet, lambda k, H, W: H * W * torch.log(k[1, 1].abs()), "1x1"),
     (conv_checks.check_periodic_logdet, lambda k, H, W: -periodic_logdet(k, H, W), "sign error"),
+    (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(torch.fft.fft2(k).abs()).sum(), "pad the kernel"),
+    (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(centred_spectrum(k, H, W).real).sum(), "modulus"),
     (
         syl_checks.check_sylvester_logdet,
         lambda R, Rt, pre: torch.log1p(torch.diagonal(R) * torch.diagonal(Rt) * torch.tanh(pre)).sum(1),
@@ -145,10 +152,16 @@ MISTAKES = [
     (syl_checks.check_series_logdet, lambda J, n: series_logdet(J, n - 1), "one term too few"),
     (syl_checks.check_series_logdet, lambda J, n: series_logdet(J, n) - J.shape[0], "k = 0"),
     (syl_checks.check_series_logdet, lambda J, n: -series_logdet(J, n), "(-1)^(k+1)"),
+    (
+        syl_checks.check_series_logdet,
+        lambda J, n: sum((-1) ** (k + 1) * torch.trace(J**k) / k for k in range(1, n + 1)),
+        "elementwise power",
+    ),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / dims, "nats per dimension"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: log_p / (dims * math.log(2)), "sign error"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / math.log(2), "number of dimensions"),
     (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p / (dims * math.log10(2)), "log10"),
+    (train_checks.check_bits_per_dim, lambda log_p, dims: -log_p * math.log(2) / dims, "multiplied by ln 2"),
     (train_checks.check_bpd_from_density, lambda lv, dims: -lv / (dims * math.log(2)), "-D log 256"),
     (
         train_checks.check_bpd_from_density,
@@ -157,6 +170,7 @@ MISTAKES = [
     ),
     (train_checks.check_bpd_from_density, lambda lv, dims: -(lv - dims * math.log(255)) / (dims * math.log(2)), "255"),
     (train_checks.check_bpd_from_density, lambda lv, dims: -answers.bpd_from_density(lv, dims), "sign error"),
+    (train_checks.check_bpd_from_density, lambda lv, dims: 8 - lv / dims, "mixed units"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log(p[x.long()]).mean(), "natural log"),
     (train_checks.check_histogram_bpd, lambda x, p: torch.log2(p[x.long()]).mean(), "sign error"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x.long()]).flatten(1).sum(1).mean(), "summed"),

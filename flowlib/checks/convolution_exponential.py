@@ -273,6 +273,11 @@ def check_conv_exp_logdet(fn) -> Feedback:
                     ("only one image side is counted: multiply by H*W", height * torch.trace(centre)),
                     ("only one image side is counted: multiply by H*W", width * torch.trace(centre)),
                     (
+                        "you used the corner tap kernel[:, :, 0, 0]; the tap that maps a pixel to itself is the "
+                        "centre one, index k // 2 = 1",
+                        hw * torch.trace(k[:, :, 0, 0]),
+                    ),
+                    (
                         "sign error: -H*W*tr(centre tap) is the log-determinant of the inverse exp(-M); the "
                         "forward map's is +tr M",
                         -hw * torch.trace(centre),

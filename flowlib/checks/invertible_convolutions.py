@@ -130,6 +130,11 @@ def check_periodic_inverse(fn) -> Feedback:
                         torch.fft.ifft2(y_hat / spectrum(kernel.flip(0, 1), H, W)).real,
                     ),
                     (
+                        "you used fft2 of the kernel at the corner of the grid and without the conjugate: both the "
+                        "centring (roll the centre tap to (0, 0)) and the cross-correlation (conjugate) are missing",
+                        torch.fft.ifft2(y_hat / _uncentred_spectrum(kernel, H, W).conj()).real,
+                    ),
+                    (
                         "sign error: your x is the negative of the answer (did you divide by -K, or subtract?)",
                         -torch.fft.ifft2(y_hat / K).real,
                     ),
@@ -161,7 +166,9 @@ def check_periodic_logdet(fn) -> Feedback:
                 f"a random {k}x{k} kernel on a {H}x{W} grid",
                 (kernel, H, W),
                 torch.log(K.abs()).sum(),
-                [
+                nonfinite="the result is NaN or Inf: a logarithm of a negative (or zero) number. log|det| needs "
+                "the modulus |K(u, v)| of each complex frequency response",
+                mistakes=[
                     (
                         "you summed over the rfft2 frequencies only (about half of them); the determinant is the "
                         "product "
@@ -179,6 +186,11 @@ def check_periodic_logdet(fn) -> Feedback:
                         H * W * torch.log(kernel[k // 2, k // 2].abs()),
                     ),
                     ("you returned the determinant itself, not its logarithm", K.abs().prod()),
+                    (
+                        "you took the FFT of the k x k kernel itself (k*k frequencies); the map acts on H x W "
+                        "images, so pad the kernel to H x W first: there are H*W frequencies",
+                        torch.log(torch.fft.fft2(kernel).abs()).sum(),
+                    ),
                     (
                         "sign error: -sum log|K(u, v)| is the log-determinant of the inverse (division by K); the "
                         "forward convolution's is +sum log|K(u, v)|",

@@ -58,6 +58,12 @@ def _squared(B: Tensor, times: int) -> Tensor:
     return B
 
 
+def _squared_elementwise(B: Tensor, times: int) -> Tensor:
+    for _ in range(times):
+        B = B * B
+    return B
+
+
 def check_expm_series(fn) -> Feedback:
     """Exercise: ``fn(A, terms) = sum_{k=0}^{terms} A^k / k!`` (``terms + 1`` summands: I, A, ..., A^terms/terms!).
 
@@ -313,6 +319,10 @@ def check_scaling_and_squaring(fn) -> Feedback:
                     (
                         "you multiplied by 2^s; undo the scaling by squaring s times (exp(A) = exp(A/2^s)^(2^s))",
                         2**s * small,
+                    ),
+                    (
+                        "B**2 is the elementwise square; squaring the matrix is the product B @ B",
+                        _squared_elementwise(small, s),
                     ),
                     (
                         "sign error: that approximates exp(-A), the inverse; scale A by +1/2^s, not -1/2^s",

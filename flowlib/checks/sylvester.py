@@ -173,6 +173,10 @@ def check_series_logdet(fn) -> Feedback:
                     ),
                     ("you summed one term too few (k = 1 .. n_terms - 1)", (signs * traces[1:] / ks)[:-1].sum()),
                     (
+                        "J**k is the elementwise power; tr(J^k) needs the matrix power (J @ J @ ...)",
+                        (signs * torch.stack([torch.trace(J**k) for k in range(1, n + 1)]) / ks).sum(),
+                    ),
+                    (
                         "sign error: the signs alternate starting with +tr(J) for k = 1, i.e. (-1)^(k+1), not (-1)^k",
                         -(signs * traces[1:] / ks).sum(),
                     ),

@@ -35,6 +35,10 @@ def check_bits_per_dim(fn) -> Feedback:
                     ("sign error: bits/dim is the *negative* log-likelihood per dimension", log_p / (dims * LN2)),
                     ("you forgot to divide by the number of dimensions D", -log_p / LN2),
                     ("you divided by log10(2); bits need ln 2 = log(2)", -log_p / (dims * math.log10(2))),
+                    (
+                        "you multiplied by ln 2; nats become bits by dividing by ln 2 (1 nat = 1.44 bits)",
+                        -log_p * LN2 / dims,
+                    ),
                 ],
             )
         )
@@ -70,6 +74,11 @@ def check_bpd_from_density(fn) -> Feedback:
                         -(log_v - dims * math.log(255)) / (dims * LN2),
                     ),
                     ("you returned nats per dimension: divide by ln 2", -(log_v - dims * math.log(256)) / dims),
+                    (
+                        "you mixed units: 8 is in bits per dimension, log p(v) / D in nats; divide the log-density "
+                        "by D ln 2 before adding 8",
+                        8 - log_v / dims,
+                    ),
                     (
                         "sign error: bits/dim is the *negative* log-likelihood per dimension (a cost, >= 0 for "
                         "discrete data)",
