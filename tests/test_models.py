@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 
@@ -11,6 +12,7 @@ import torch
 
 from flowlib.layers import make
 from flowlib.layers.convexp import ConvExp
+from flowlib.layers.linear import ActNorm
 from flowlib.models import PRESETS, ModelConfig, build_model, squeeze2d, unsqueeze2d
 from flowlib.models.config import MIXINGS
 from flowlib.models.dequant import context_encoder
@@ -239,6 +241,12 @@ def test_bad_inputs_raise():
         build_model("tiny", image_shape=(1, 6, 6))
     with pytest.raises(ValueError, match="mixing"):
         build_model("tiny", mixing="conv2x2")
+    with pytest.raises(ValueError, match="dequant_mixing must be 'same'"):
+        build_model("tiny", dequant_mixing="conv2x2")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        build_model("tiny", layout="realnvp")
+    with pytest.raises(ValueError, match="dequant_encoder must be one of"):
+        build_model("tiny", dequant_encoder="unet")
 
 
 def test_presets_serialise_and_build():
@@ -281,28 +289,35 @@ def test_paper_mixing_matches_the_official_parameter_budget(mixing, growth):
     assert abs(n / 55.9e6 - 1) < 0.05, f"{mixing}: {n / 1e6:.2f} M parameters"
 
 
-# Parameter counts of the official convexp mixing model (main_experiment.py with the README's convexp
-# command), worked out by hand from its modules: 55,908,936 in all ("Number of Parameters" in its log).
-OFFICIAL_CONVEXP_COUNTS = {"total": 55_908_936, "dequantizer.encoder": 230_192}
+# Parameter counts of the official mixing models (main_experiment.py with the README's commands), worked
+# out by hand from its modules: convexp (growth 63) 55,908,936 in all, 1x1 (growth 64) 57,196,036.
+OFFICIAL_TOTALS = {"convexp": 55_908_936, "conv1x1": 57_196_036}
+OFFICIAL_CONTEXT_ENCODER = 230_192
 
 
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_paper_mixing_convexp_has_the_official_parameter_count():
-    """Issue 15: the paper-mixing convexp model within 0.5% of the official 55.91 M, part by part."""
+@pytest.mark.parametrize(("mixing", "growth"), [("conv1x1", 64), ("convexp", 63)])
+def test_paper_mixing_has_the_official_parameter_count(mixing, growth):
+    """Issue 15: paper-mixing within 0.5% of the official model (55.91 M with convexp)."""
+    with torch.device("meta"):
+        model = build_model("paper-mixing", mixing=mixing, densenet_growth=growth)
+    n = _count(model)
+    print(f"paper-mixing {mixing}: {n:,} parameters, official {OFFICIAL_TOTALS[mixing]:,}")
+    assert abs(n / OFFICIAL_TOTALS[mixing] - 1) < 0.005, n
+    assert _count(model.dequantizer.encoder) == OFFICIAL_CONTEXT_ENCODER
+
+
+def test_paper_mixing_convexp_has_the_official_layout():
     with torch.device("meta"):
         model = build_model("paper-mixing")
-    n = _count(model)
-    print(f"paper-mixing convexp: {n:,} parameters, official {OFFICIAL_CONVEXP_COUNTS['total']:,}")
-    assert abs(n / OFFICIAL_CONVEXP_COUNTS["total"] - 1) < 0.005, n
-    assert _count(model.dequantizer.encoder) == OFFICIAL_CONVEXP_COUNTS["dequantizer.encoder"]
     # The official layout: 21 convexp layers in the flow, 5 in the dequantizer, no actnorm,
     # per-pixel biases before and after each convexp (2 C H W = 6144 at 12 x 16 x 16).
-    convexps = [m for m in model.modules() if isinstance(m, ConvExp)]
+    convexps = _convexps(model)
     assert len(convexps) == 10 + 10 + 1 + 4 + 1
-    assert not any(type(m).__name__ == "ActNorm" for m in model.modules())
+    assert not any(isinstance(m, ActNorm) for m in model.modules())
     biases = [m for m in model.modules() if isinstance(m, PixelBias)]
     assert len(biases) == 2 * len(convexps)
     assert list(model.levels[0].steps[0]) == ["first_mixing", "coupling", "mixing"]
@@ -372,6 +387,22 @@ def test_mixing_kwargs_reach_every_mixing_layer_including_the_dequantizer():
     cfg = cfg.replace(dequant_mixing="conv1x1", mixing_kwargs={"rho": 0.25}, dequant_mixing_kwargs={})
     model = build_model(cfg)
     assert all(m.rho == 0.25 for m in _convexps(model)) and not _convexps(model.dequantizer)
+    model = build_model(cfg.replace(dequant_mixing="same"))  # "same": the model's mixing layer and its kwargs
+    assert all(m.rho == 0.25 for m in _convexps(model)) and len(_convexps(model.dequantizer)) == 2
     model = build_model(cfg.replace(dequant_mixing="convexp", dequant_mixing_kwargs={"rho": 0.125}))
     assert all(m.rho == 0.25 for m in _convexps(model.levels))
     assert all(m.rho == 0.125 for m in _convexps(model.dequantizer)) and _convexps(model.dequantizer)
+
+
+def test_official_series_terms_reach_every_convexp_layer():
+    """``mixing_kwargs={"train_terms": 6, "eval_terms": 13}`` (the official setting) reaches all 26 convexp layers."""
+    if "train_terms" not in inspect.signature(ConvExp).parameters:
+        pytest.skip("ConvExp has no train_terms argument yet (issue 15, item 4)")
+    with torch.device("meta"):
+        model = build_model("paper-mixing", mixing_kwargs={"train_terms": 6, "eval_terms": 13})
+    layers = _convexps(model)
+    assert len(layers) == 26 and len(_convexps(model.dequantizer)) == 5
+    assert {(m.train_terms, m.eval_terms) for m in layers} == {(6, 13)}
+    with torch.device("meta"):
+        default = _convexps(build_model("paper-mixing"))
+    assert {(m.train_terms, m.eval_terms) for m in default} != {(6, 13)}  # the kwargs made the difference

@@ -62,11 +62,12 @@ class ModelConfig:
     encoder (``dequant_encoder``: ``"conv"``, flowlib's small 3-layer CNN, or
     ``"densenet"``, the official dense block - stride-2 conv - dense block, ~230 k
     parameters at 32 channels) and ``dequant_mixing`` after each coupling (and one more
-    before the first with ``layout="official"``).
+    before the first with ``layout="official"``); ``dequant_mixing="same"`` uses the
+    model's ``mixing`` there, as the official code (``paper-mixing``).
     ``preprocess="centered"``: ``v - 1/2``; ``"logit"``: ``logit(a + (1 - 2a) v)``, ``a = logit_alpha``.
     ``learned_prior``: per-channel mean and scale of the final Gaussian (zero-initialised).
     ``mixing_kwargs``: extra keyword arguments for every ``mixing`` layer of the model,
-    including the dequantizer's when ``dequant_mixing == mixing`` (so one setting, e.g.
+    including the dequantizer's when it uses the same layer (so one setting, e.g.
     ``{"kernel_size": 5}``, reaches every convexp layer); ``dequant_mixing_kwargs`` are
     added to (and override) them for the dequantizer's mixing layers only.
     """
@@ -109,9 +110,12 @@ class ModelConfig:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")
-        for name in ("mixing", "dequant_mixing"):
-            if getattr(self, name) not in MIXINGS:
-                raise ValueError(f"{name} must be one of {MIXINGS}, got {getattr(self, name)!r}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        if self.dequant_mixing not in (*MIXINGS, "same"):
+            raise ValueError(
+                f"dequant_mixing must be 'same' (as mixing) or one of {MIXINGS}, got {self.dequant_mixing!r}"
+            )
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.dequant_encoder not in DEQUANT_ENCODERS:
@@ -149,9 +153,13 @@ class ModelConfig:
             "gated": self.gated_conv,
         }
 
+    def dequant_mixing_layer(self) -> str:
+        """The dequantizer's mixing layer name (``dequant_mixing``, with ``"same"`` resolved to ``mixing``)."""
+        return self.mixing if self.dequant_mixing == "same" else self.dequant_mixing
+
     def dequant_mixing_options(self) -> dict:
         """Keyword arguments of the dequantizer's mixing layers (see ``mixing_kwargs``)."""
-        shared = self.mixing_kwargs if self.dequant_mixing == self.mixing else {}
+        shared = self.mixing_kwargs if self.dequant_mixing_layer() == self.mixing else {}
         return {**shared, **self.dequant_mixing_kwargs}
 
     def replace(self, **overrides) -> ModelConfig:
@@ -171,8 +179,8 @@ PRESETS: dict[str, ModelConfig] = {
     # parameters with convexp, as the official code (tests/test_models.py counts them).
     # The official commands use growth 64 for 1x1 and 63 for convexp/emerging/woodbury (to
     # equalise parameter counts): this preset's default mixing is convexp, so 63; pass
-    # densenet_growth=64 together with mixing="conv1x1". (The official dequantizer mixes
-    # with the model's own mixing layer: pass dequant_mixing too to reproduce other arms.)
+    # densenet_growth=64 together with mixing="conv1x1". The dequantizer mixes with the
+    # model's own mixing layer (dequant_mixing="same"), as the official code.
     "paper-mixing": ModelConfig(
         model_type="glow",
         image_shape=(3, 32, 32),
@@ -189,7 +197,7 @@ PRESETS: dict[str, ModelConfig] = {
         dequant="flow",
         dequant_subflows=4,
         dequant_context=32,
-        dequant_mixing="convexp",
+        dequant_mixing="same",
         actnorm=False,
         layout="official",
         convexp_bias=True,

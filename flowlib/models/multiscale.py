@@ -111,7 +111,7 @@ class FlowModel(nn.Module):
                 config.n_bits,
                 config.dequant_subflows,
                 config.dequant_context,
-                config.dequant_mixing,
+                config.dequant_mixing_layer(),
                 config.net,
                 encoder=config.dequant_encoder,
                 first_mixing=config.layout == "official",
