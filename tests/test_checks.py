@@ -58,6 +58,10 @@ def test_run_cases_names_sign_errors_integer_results_float32_and_overflow():
     assert run_cases("ex", lambda a: a.log(), [case], **common).message.endswith("NaN here means X")
     overflow = run_cases("ex", lambda a: a / math.factorial(21), [case], **common)
     assert overflow.status == ERROR and "integer-factorial trap" in overflow.message
+    known = Case("a vector", (want,), want, errors=[(KeyError, "Look it up with get")])
+    report = run_cases("ex", lambda a: {}["x"], [known], **common)
+    assert report.status == ERROR and "KeyError" in report.message and report.message.endswith("Look it up with get")
+    assert "Look it up" not in run_cases("ex", lambda a: [][1], [known], **common).message
 
 
 def _skeleton(*args):

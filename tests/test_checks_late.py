@@ -173,6 +173,7 @@ MISTAKES = [
     (train_checks.check_bpd_from_density, lambda lv, dims: 8 - lv / dims, "mixed units"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log(p[x.long()]).mean(), "natural log"),
     (train_checks.check_histogram_bpd, lambda x, p: torch.log2(p[x.long()]).mean(), "sign error"),
+    (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x]).mean(), "selects by mask"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x.long()]).flatten(1).sum(1).mean(), "summed"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x.long()]).flatten(1).mean(1), "shape"),
 ]

@@ -107,6 +107,8 @@ class Case:
             learner's output matches one of them, the feedback is that message.
         nonfinite: what a NaN or Inf in the learner's output means on this input (e.g. "det W < 0
             here: torch.logdet is NaN, use slogdet"); ``None`` gives a generic message.
+        errors: ``(exception type, message)`` for exceptions that a typical mistake raises on this
+            input; the message is added to the report of the exception.
     """
 
     label: str
@@ -114,6 +116,7 @@ class Case:
     expected: Tensor
     mistakes: list[tuple[str, Tensor]] = field(default_factory=list)
     nonfinite: str | None = None
+    errors: list[tuple[type[Exception], str]] = field(default_factory=list)
 
 
 def relative_error(got: Tensor, want: Tensor) -> float:
@@ -160,6 +163,7 @@ def run_cases(
             message = f"your function raised {type(err).__name__} on {case.label}: {err}"
             if _is_integer_overflow(err):
                 message += f". {FACTORIAL_TRAP}"
+            message += "".join(f". {text}" for kind, text in case.errors if isinstance(err, kind))
             return Feedback(exercise, ERROR, message)
         verdict = _compare(result, case, tol)
         if verdict is not None:

@@ -111,7 +111,14 @@ def check_histogram_bpd(fn) -> Feedback:
                 f"{shape[0]} random uint8 images of shape {list(shape[1:])} and a random histogram",
                 (images, probs),
                 nll.mean(),
-                [
+                errors=[
+                    (
+                        IndexError,
+                        "Indexing with a uint8 (or bool) tensor selects by mask in torch; to look values up, "
+                        "index with integer indices (images.long())",
+                    )
+                ],
+                mistakes=[
                     ("you used the natural log (nats); bits need log2", (nll * LN2).mean()),
                     (
                         "you summed over the pixels instead of averaging (bits per image, not per dimension)",
