@@ -129,7 +129,10 @@ def operator_norm_bound(kernel: Tensor) -> Tensor:
     ``kernel`` has shape ``(C_out, C_in, k, k)``. The convolution is a sum over taps
     ``(i, j)`` of a shift (norm <= 1) times the matrix ``kernel[:, :, i, j]``, so
     ``||M||_2 <= sum_{i,j} ||kernel[:, :, i, j]||_2 <= sum_{i,j} ||kernel[:, :, i, j]||_F``.
-    The Frobenius form is cheap and differentiable, and is what the convolution
-    exponential uses to keep its series short (see :func:`flowlib.functional.conv_exp`).
+    The Frobenius form is cheap, differentiable and independent of the image size,
+    but loose: measured 5x the true norm for random ``C = 12`` kernels, 10x for
+    ``C = 48``, 3.5x for a centre tap. The layers therefore use the tight, still
+    guaranteed :func:`flowlib.functional.conv_spectral_norm_bound`; notebook 02
+    compares the two.
     """
     return kernel.flatten(2).norm(dim=0).norm(dim=0).sum()  # sum over taps of ||K_tap||_F

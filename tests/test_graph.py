@@ -41,6 +41,57 @@ def test_inverse_and_logdet_vs_brute_force(self_loops):
     assert float(torch.linalg.matrix_norm(M, ord=2)) <= layer.rho + 1e-12
 
 
+def dense_graph_map(layer):
+    """``M = I (x) W0^T + A_norm (x) W1^T`` on row-major ``vec(x [N, C])``."""
+    w0, w1 = (w.detach() for w in layer.effective_weights())
+    eye = torch.eye(layer.adjacency.shape[0], dtype=torch.float64)
+    return torch.kron(eye, w0.T.contiguous()) + torch.kron(layer.adjacency, w1.T.contiguous())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_symmetric_graph_bound_is_the_exact_norm_so_rho_is_reached(seed):
+    A = random_graph(7, seed)
+    layer = GraphConvExp((7, 3), adjacency=A).double()
+    perturb_(layer, 10.0, torch.Generator().manual_seed(seed))  # far above rho: rescaled onto it
+    true_norm = float(torch.linalg.matrix_norm(dense_graph_map(layer), ord=2))
+    assert layer.rho * (1 - 2e-6) <= true_norm <= layer.rho * (1 + 1e-12), true_norm  # margin: 1e-6 widening
+    w0, w1 = layer.self_weight.detach(), layer.neighbour_weight.detach()
+    exact = Fn.graph_conv_exp_norm_bound(layer.adjacency, w0, w1, layer.eigenvalue_range)
+    loose = Fn.graph_conv_exp_norm_bound(layer.adjacency, w0, w1)  # without the spectrum: triangle inequality
+    assert float(exact) <= float(loose)
+    eye = torch.eye(7, dtype=torch.float64)
+    raw = torch.kron(eye, w0.T.contiguous()) + torch.kron(layer.adjacency, w1.T.contiguous())
+    assert abs(float(exact) / float(torch.linalg.matrix_norm(raw, ord=2)) - 1) < 2e-6
+
+
+def test_directed_graph_keeps_a_guaranteed_bound():
+    A = (torch.rand(6, 6, generator=torch.Generator().manual_seed(3)) < 0.4).double()
+    A.fill_diagonal_(0)
+    layer = GraphConvExp((6, 2), adjacency=A).double()
+    assert layer.eigenvalue_range is None  # not symmetric
+    perturb_(layer, 10.0, torch.Generator().manual_seed(4))
+    true_norm = float(torch.linalg.matrix_norm(dense_graph_map(layer), ord=2))
+    assert true_norm <= layer.rho * (1 + 1e-12)
+
+
+def test_graph_terms_override_and_bad_values():
+    A = random_graph(5, 1)
+    layer = GraphConvExp((5, 2), adjacency=A, train_terms=6, eval_terms=13).double()
+    assert (layer.terms, layer.eval().terms) == (6, 13)
+    perturb_(layer, 3.0, torch.Generator().manual_seed(5))
+    x = torch.randn(2, 5, 2, dtype=torch.float64)
+    M = dense_graph_map(layer)
+    series, power = torch.eye(10, dtype=torch.float64), torch.eye(10, dtype=torch.float64)
+    for i in range(1, 14):
+        power = power @ M / i
+        series = series + power
+    assert torch.allclose(layer(x)[0].reshape(2, -1), x.reshape(2, -1) @ series.T, atol=1e-13)
+    with pytest.raises(ValueError, match="train_terms must be an integer >= 1"):
+        GraphConvExp((5, 2), adjacency=A, train_terms=0)
+    with pytest.raises(ValueError, match="rho > 0"):
+        GraphConvExp((5, 2), adjacency=A, rho=-1.0)
+
+
 def test_permutation_equivariance():
     torch.manual_seed(3)
     A = random_graph(6, 4)
