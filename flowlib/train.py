@@ -544,7 +544,9 @@ def train(cfg: TrainConfig) -> dict:
     except KeyboardInterrupt:
         if not stop.started:
             kept = f"{last_path} is unchanged" if last_path.exists() else "no checkpoint was written"
-            print(f"aborted during start-up: nothing was trained; {kept}", file=sys.stderr)
+            message = f"aborted during start-up: nothing was trained; {kept}"
+            print(message, file=sys.stderr)
+            raise KeyboardInterrupt(message) from None
         raise
     finally:
         stop.restore()
@@ -1071,7 +1073,9 @@ def main(argv=None) -> int:
     except (NonFiniteError, rundir.WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C during start-up; train() said what is on disk
+    except KeyboardInterrupt as e:  # before train() installed its handlers, or a second Ctrl-C during start-up
+        if "aborted during start-up" not in str(e):
+            print("aborted before training started: nothing was written", file=sys.stderr)
         return 130
     return 130 if summary["interrupted"] else 0
 
