@@ -14,20 +14,33 @@ layout; the object itself displays as that layout). Moving a slider, by hand or
 by assigning ``w.sliders[name].value``, recomputes and updates the figure in
 place. CSS classes (``flowlib-eigen-slider``, ``flowlib-eigen-readout``,
 ``flowlib-eigen-figure`` and the ``kernel`` counterparts) let browser tests find them.
+
+Static fallback: a notebook rendered without a kernel (nbconvert, GitHub) shows no
+widget, so ``w.static()`` returns a PNG picture (``IPython.display.Image``) of the
+widget's current figure drawn with matplotlib (no kaleido needed), plus its readout
+as the title; call it right after building the widget to keep its initial state::
+
+    w = kernel_widget()
+    display(w, w.static())
 """
 
 from __future__ import annotations
 
 import html
+import io
+import re
 
 import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from IPython.display import Image
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
-from .functional import conv_exp, conv_exp_logdet, conv_exp_terms, conv_matrix
-from .linalg import expm, operator_norm_bound
+from .functional import conv_exp, conv_exp_logdet, conv_exp_terms, conv_matrix, conv_spectral_norm_bound
+from .linalg import expm
 
 __all__ = ["EigenWidget", "KernelWidget", "eigen_widget", "kernel_widget", "deformed_grid"]
 
@@ -91,6 +104,54 @@ class _SliderWidget:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def static_figure(self) -> Figure:
+        """The plotly figure's current traces redrawn with matplotlib (one axis per subplot).
+
+        Scatter traces become markers or lines (NaN gaps kept), heatmaps an ``imshow``
+        with a centred ``RdBu`` colour map; subplot titles, axis titles and the readout
+        (as the figure title, HTML tags removed) are copied.
+        """
+        layout = self.figure.layout
+        titles = [a.text for a in layout.annotations]
+        fig = Figure(figsize=(10, 4.4))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(titles) or 1, squeeze=False)[0]
+        for ax, title in zip(axes, titles, strict=False):
+            ax.set_title(title, fontsize=10)
+        for trace in self.figure.data:
+            ax = axes[int(trace.xaxis[1:] or 1) - 1]
+            if trace.type == "heatmap":
+                z = np.asarray(trace.z, dtype=float)
+                limit = max(float(np.abs(z).max()), 1e-12)
+                image = ax.imshow(z, cmap="RdBu", vmin=-limit, vmax=limit)
+                fig.colorbar(image, ax=ax, shrink=0.8)
+                continue
+            x, y = np.asarray(trace.x, dtype=float), np.asarray(trace.y, dtype=float)
+            color = trace.marker.color if "markers" in trace.mode else trace.line.color
+            if "markers" in trace.mode:
+                marker = "D" if trace.marker.symbol == "diamond" else "o"
+                ax.plot(x, y, linestyle="none", marker=marker, color=color, label=trace.name)
+            else:
+                ax.plot(x, y, color=color, linestyle=":" if trace.line.dash == "dot" else "-", label=trace.name)
+        for k, ax in enumerate(axes, start=1):
+            suffix = "" if k == 1 else str(k)
+            xaxis, yaxis = layout[f"xaxis{suffix}"], layout[f"yaxis{suffix}"]
+            ax.set_xlabel(xaxis.title.text or "")
+            ax.set_ylabel(yaxis.title.text or "")
+            if yaxis.scaleanchor and not ax.images:
+                ax.set_aspect("equal", adjustable="datalim")
+            if ax.lines:
+                ax.legend(fontsize=8, loc="best")
+        fig.suptitle(html.unescape(re.sub(r"<[^>]+>", "", self.readout.value)).replace("\xa0", " "), fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def static(self) -> Image:
+        """A PNG of :meth:`static_figure`: what a rendered notebook shows in place of the live widget."""
+        buffer = io.BytesIO()
+        self.static_figure().savefig(buffer, format="png", dpi=80)
+        return Image(data=buffer.getvalue(), format="png")
 
 
 class EigenWidget(_SliderWidget):
@@ -188,9 +249,10 @@ class KernelWidget(_SliderWidget):
     ``M`` (:func:`flowlib.functional.conv_matrix`), trace ``eig(M)``. Right panel:
     ``exp(M) delta`` for a delta image at the centre of channel 0, i.e. the effective
     kernel of the convolution exponential (trace ``exp(M) impulse``; channels side
-    by side). Readout: the series terms :func:`conv_exp_terms` needs for the
-    kernel's norm bound, and ``log det exp(M)`` as ``H W tr(centre)`` and from the
-    dense matrix.
+    by side). Readout: the kernel's guaranteed norm bound
+    (:func:`flowlib.functional.conv_spectral_norm_bound`, what the layer uses), the
+    series terms :func:`conv_exp_terms` needs for it, and ``log det exp(M)`` as
+    ``H W tr(centre)`` and from the dense matrix.
     """
 
     def __init__(self, channels: int = 1, size: int = 7, kernel=None, tol: float = 1e-8):
@@ -274,7 +336,7 @@ class KernelWidget(_SliderWidget):
         C, S = self.channels, self.size
         M = conv_matrix(k, S, S)  # [C*S*S, C*S*S]
         eig = np.linalg.eigvals(M.numpy())
-        norm = float(operator_norm_bound(k))
+        norm = float(conv_spectral_norm_bound(k, S, S))
         terms = conv_exp_terms(norm, self.tol, max_terms=200)
         delta = torch.zeros(1, C, S, S, dtype=torch.float64)
         delta[0, 0, S // 2, S // 2] = 1.0

@@ -103,3 +103,25 @@ def test_widgets_reject_bad_arguments():
         eigen_widget(2, A=np.zeros((3, 3)))
     with pytest.raises(ValueError, match="1 or 2 channels"):
         kernel_widget(channels=3)
+
+
+@pytest.mark.parametrize("make", [lambda: eigen_widget(3), lambda: kernel_widget(channels=2, size=5)])
+def test_static_fallback_draws_the_current_figure(make):
+    w = make()
+    fig = w.static_figure()
+    plotted = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in plotted] == [a.text for a in w.figure.layout.annotations]
+    scatter = [t for t in w.figure.data if t.type == "scatter"]
+    lines = [line for ax in plotted for line in ax.lines]
+    assert [line.get_label() for line in lines] == [t.name for t in scatter]
+    for line, trace in zip(lines, scatter, strict=True):  # same data, NaN gaps included
+        np.testing.assert_array_equal(line.get_xdata(), np.asarray(trace.x, dtype=float))
+        np.testing.assert_array_equal(line.get_ydata(), np.asarray(trace.y, dtype=float))
+    for trace in (t for t in w.figure.data if t.type == "heatmap"):
+        (image,) = plotted[1].images
+        np.testing.assert_array_equal(image.get_array(), np.asarray(trace.z, dtype=float))
+    assert "tr" in fig._suptitle.get_text() and "<" not in fig._suptitle.get_text()  # the readout, tags removed
+    png = w.static()
+    assert png.data[:8] == b"\x89PNG\r\n\x1a\n" and len(png.data) > 10_000
+    w.sliders[next(iter(w.sliders))].value = 0.7  # a static picture is a snapshot: it does not follow the sliders
+    assert png.data != w.static().data
