@@ -207,10 +207,21 @@ until $k \approx \lVert A\rVert$ and only then decays. The bound always asks for
 needed, because `taylor_remainder_bound` is an upper bound of the truncation error (it is pessimistic: it assumes
 the worst matrix of that norm). With scaling and squaring, the 6-term series on $B = A/2^s$ errs by about
 $\lVert B\rVert^7/7!$ and the $s$ squarings multiply that relative error by about $2^s$, so each extra squaring
-gains a factor of about $2^6 = 64$ until rounding ($\sim 10^{-14}$) takes over. The cell below measures the
+gains a factor of about $2^6 = 64$ until rounding takes over. The cell below checks the term counts, measures the
 smallest $s$ for float32 accuracy on the matrix above and checks the factor 64.
 """),
             code(r"""
+needed, bounds = [], []
+for norm in experiment_norms:
+    A = norm * B
+    exact = torch.from_numpy(scipy.linalg.expm(A.numpy()))
+    scale = torch.linalg.matrix_norm(exact, ord=1).item()
+    errors = [torch.linalg.matrix_norm(exact - expm_series(A, m), ord=1).item() / scale for m in range(60)]
+    needed.append(next(m for m, e in enumerate(errors) if e <= 1e-12))
+    bounds.append(next(m for m in range(200) if taylor_remainder_bound(norm, m) <= 1e-12 * scale))
+print(f"terms needed {needed}, asked for by the bound {bounds}")
+assert needed == sorted(needed) and all(n <= b for n, b in zip(needed, bounds))
+
 A = 10 * B  # ||A||_1 = 10
 exact = torch.from_numpy(scipy.linalg.expm(A.numpy()))
 scale = torch.linalg.matrix_norm(exact, ord=1).item()
@@ -384,12 +395,12 @@ assert dets[0] < 0 < min(dets[1:])
         ],
         5: [
             md(r"""
-**Answer.** The bound $D\,c^{n+1}/((n+1)(1-c))$ asks for about $\log(1/\epsilon)/(1-c)$ terms: 18, 120 and 1260
-for $c = 0.5, 0.9, 0.99$ here. The series on this particular $J$ needs fewer (its eigenvalues are smaller than
-its norm), but still more and more as $c \to 1$ (the cell below prints how many). A fixed truncation
-biases the log-likelihood (and its gradient) by an amount that depends on the
-Lipschitz constant; the Russian-roulette estimator stops at a random $n$ and reweights term $k$ by
-$1/P(N \ge k)$, which makes the estimate unbiased with a finite expected number of terms.
+**Answer.** The number of terms the bound $D\,c^{n+1}/((n+1)(1-c))$ asks for grows like $1/(1-c)$: 18, 120 and
+1260 for $c = 0.5, 0.9, 0.99$ here. The series on this particular $J$ needs fewer (its eigenvalues are smaller
+than its norm), but still more and more as $c \to 1$ (the cell below prints how many). A fixed truncation biases
+the log-likelihood (and its gradient) by an amount that depends on the Lipschitz constant; the Russian-roulette
+estimator stops at a random $n$ and reweights term $k$ by $1/P(N \ge k)$, which makes the estimate unbiased with
+a finite expected number of terms.
 """),
             code(r"""
 from flowlib.layers.residual import series_terms
@@ -412,9 +423,10 @@ assert all(n <= b for n, b in zip(needed, bounds)) and needed == sorted(needed) 
 **Answer.** A uniform table gives every value probability $1/256$, which costs $-\log_2(1/256) = 8$ bits, for
 every pixel: exactly 8 bits/dim. The fitted histogram gets lower because pixel values are not uniform (its
 bits/dim approaches the entropy of the marginal distribution of values, plus a small penalty for being fitted on
-other images). A flow gets much lower still because it models the dependence between pixels, which the
-histogram ignores; the gap measures how much of the images' information lies in that structure (neighbouring
-pixels predict each other) rather than in the distribution of single values.
+other images). No model of independent pixels can beat the entropy of that marginal distribution; a flow can,
+because it models the dependence between pixels, which the histogram ignores. So the gap between the histogram
+and a trained flow measures how much of the images' information lies in that structure (neighbouring pixels
+predict each other) rather than in the distribution of single values.
 """),
             code(r"""
 print(f"uniform {uniform:.6f} bits/dim; fitted histogram {fitted:.3f} bits/dim")
@@ -425,10 +437,10 @@ assert abs(uniform - 8) < 1e-12 and fitted < uniform
             md(r"""
 **Answer (think).** Lower (better). By Jensen's inequality $\log\frac1K\sum_k w_k \ge \frac1K\sum_k\log w_k$ for
 the importance weights $w_k = p(x + u_k)/q(u_k\mid x)$, so the importance-weighted bound is a tighter lower bound
-on $\log P(x)$ and reaches it as $K \to \infty$. With uniform dequantization the two are close; with flow
-dequantization the one-sample bound, which is what the trainer optimises, can be loose by the gap
-$\mathrm{KL}(q(u\mid x)\,\Vert\,p(u\mid x))$, so the trainer reports both: the bound it trains and the estimate
-papers compare.
+on $\log P(x)$ and reaches it as $K \to \infty$. The one-sample bound, which is what the trainer optimises, is
+loose by the gap $\mathrm{KL}(q(u\mid x)\,\Vert\,p(u\mid x))$, and with flow dequantization $q$ is learned, so
+that gap changes during training; the trainer reports both: the bound it trains and the estimate that papers
+compare.
 """),
         ],
     },
