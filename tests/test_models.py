@@ -337,10 +337,10 @@ def test_gated_conv_is_a_plus_b_sigmoid_c():
     linear = DenseBlock(3, 4, depth=1, growth=2, gated=False).double()
     perturb_(linear, 0.5, _gen(2))
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
-    assert torch.allclose(
-        linear(2 * x) - linear(x), linear.merge(linear.layers(2 * x)) - linear.merge(linear.layers(x))
-    )
-    assert float(linear(x).min()) < 0  # not clipped by a ReLU
+    features = linear.layers(x)  # [2, 3 + 2, 5, 5]
+    expected = torch.nn.functional.conv2d(features, linear.merge.weight, linear.merge.bias)
+    assert torch.allclose(linear(x), expected, rtol=0, atol=1e-14)
+    assert float(linear(x).min()) < 0  # a plain linear output, not clipped by a ReLU
     assert float(DenseNet(3, 4, depth=2, growth=4, intermediate=6)(x.float()).abs().max()) == 0  # zero-initialised head
 
 
