@@ -56,8 +56,10 @@ def test_run_cases_names_sign_errors_integer_results_float32_and_overflow():
     rough = run_cases("ex", lambda a: (a + 1e-5).float(), [case], **common)
     assert "float32" in rough.message and "rounding" in rough.message
     assert run_cases("ex", lambda a: a.log(), [case], **common).message.endswith("NaN here means X")
-    overflow = run_cases("ex", lambda a: a / math.factorial(21), [case], **common)
-    assert overflow.status == ERROR and "integer-factorial trap" in overflow.message
+    for trap in [lambda a: a / math.factorial(21), lambda a: a / torch.tensor(math.factorial(21))]:
+        overflow = run_cases("ex", trap, [case], **common)
+        assert overflow.status == ERROR and "integer-factorial trap" in overflow.message, overflow
+    assert "factorial" not in run_cases("ex", lambda a: math.exp(1000.0), [case], **common).message
     known = Case("a vector", (want,), want, errors=[(KeyError, "Look it up with get")])
     report = run_cases("ex", lambda a: {}["x"], [known], **common)
     assert report.status == ERROR and "KeyError" in report.message and report.message.endswith("Look it up with get")

@@ -172,8 +172,11 @@ def run_cases(
 
 
 def _is_integer_overflow(err: Exception) -> bool:
-    """``tensor / math.factorial(21)`` raises ``OverflowError`` ("int too big to convert") in torch."""
-    return isinstance(err, OverflowError) or (isinstance(err, RuntimeError) and "overflow" in str(err).lower())
+    """A Python int too big for a tensor or a float: ``tensor / math.factorial(21)`` raises ``OverflowError``
+    ("int too big to convert"), ``float(math.factorial(171))`` "int too large to convert to float", and
+    ``torch.tensor(math.factorial(21))`` ``ValueError`` ("Overflow when unpacking long long")."""
+    text = str(err).lower()
+    return (isinstance(err, OverflowError) and "int too" in text) or "overflow when unpacking" in text
 
 
 def _compare(result: Any, case: Case, tol: float) -> str | None:
