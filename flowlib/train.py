@@ -532,14 +532,17 @@ def train(cfg: TrainConfig) -> dict:
     cfg.validate()
     out = rundir.check_out(cfg.out)
     last_path = out / "last.pt"
-    if cfg.resume and not last_path.exists():
-        hint = " (the run stopped before its first checkpoint)" if out.is_dir() and any(out.iterdir()) else ""
-        raise ConfigError(f"--resume: no checkpoint {last_path} to continue from{hint}; start afresh with --overwrite")
     stop = _StopRequests()  # from here on a signal ends the run cleanly, also during start-up
     lock = rundir.RunLock(out) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         if lock is not None:
-            lock.acquire()
+            lock.acquire()  # first: a second trainer stops here, whatever else is wrong
+        if cfg.resume and not last_path.exists():
+            held = [p.name for p in out.iterdir() if p.name != rundir.LOCK_NAME]
+            hint = " (the run stopped before its first checkpoint)" if held else ""
+            raise ConfigError(
+                f"--resume: no checkpoint {last_path} to continue from{hint}; start afresh with --overwrite"
+            )
         return _run(cfg, out, stop)
     except KeyboardInterrupt:
         if not stop.started:

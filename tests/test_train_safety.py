@@ -8,9 +8,11 @@ import errno
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -435,3 +437,36 @@ def test_unwritable_out_is_refused_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", denied)
     with pytest.raises(ConfigError, match=r"out \(--out\) .*run is not writable: Permission denied"):
         train(_cfg(tmp_path / "run"))
+
+
+def test_two_trainers_on_one_out_the_second_stops_at_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "flowlib.train", "--steps", "100000", "--save-every", "100000", "--eval-every"]
+    first = subprocess.Popen(
+        [*cmd, "100000", "--progress", "false", "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        owner = json.loads((out / rundir.LOCK_NAME).read_text())
+        assert owner["pid"] == first.pid and owner["host"] == socket.gethostname()
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            t0 = time.time()
+            code, err = _cli(["--out", str(out), "--steps", "5", *extra], capsys)
+            assert code == 2 and f"another trainer is using {out}: process {first.pid} on this host" in err, err
+            assert time.time() - t0 < 10  # at once, not after loading data or building a model
+        assert first.poll() is None  # the first one is untouched and still training
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130 and "interrupted at step" in err
+    assert not (out / rundir.LOCK_NAME).exists()
+    code, _ = _cli(["--out", str(out), "--resume", "--steps", str(_step_of(out) + 1)], capsys)
+    assert code == 0
+
+
+def _step_of(out: Path) -> int:
+    return torch.load(out / "last.pt", weights_only=True)["step"]
