@@ -151,6 +151,7 @@ def _running_term_over_factorial(A, terms):
         ),
         (lambda A, t: sum(torch.linalg.matrix_power(A, k) / math.factorial(k) for k in range(1, t + 1)), "identity"),
         (_running_term_over_factorial, "running term by k!"),
+        (lambda A, t: torch.linalg.matrix_exp(A), "full exponential"),
         (lambda A, t: series_ref(-A, t), "sign error"),
     ],
 )
@@ -207,6 +208,7 @@ def test_integer_factorial_trap_is_named(check, wrong):
         (lambda A: -expm(-A), "sign error"),
         (lambda A: torch.exp(-A), "elementwise"),
         (lambda A: 1 / expm(A), "reciprocal"),
+        (lambda A: torch.linalg.inv(A), "inverse of A itself"),
     ],
 )
 def test_expm_inverse(wrong, phrase):
@@ -226,6 +228,7 @@ def test_expm_inverse(wrong, phrase):
         (lambda A: torch.trace(expm(A)), "tr exp(A)"),
         (lambda A: -torch.trace(A), "sign error"),
         (lambda A: torch.trace(A).long(), "integer tensor"),
+        (lambda A: torch.log(torch.trace(A)), "needs no determinant"),
     ],
 )
 def test_expm_logdet(wrong, phrase):
@@ -243,6 +246,7 @@ def test_expm_logdet(wrong, phrase):
         (lambda A, H, W: (H + W) * torch.trace(A), "not H+W"),
         (lambda A, H, W: H * W * A.sum(), "diagonal only"),
         (lambda A, H, W: -H * W * torch.trace(A), "sign error"),
+        (lambda A, H, W: H * W * torch.linalg.slogdet(A).logabsdet, "of A itself"),
     ],
 )
 def test_conv1x1_exp_logdet(wrong, phrase):
@@ -261,6 +265,8 @@ def test_conv1x1_exp_logdet(wrong, phrase):
         (lambda A, s, t: 2**s * series_ref(A / 2**s, t), "multiplied by 2^s"),
         (lambda A, s, t: _square(series_ref(-A / 2**s, t), s), "sign error"),
         (lambda A, s, t: _square_elementwise(series_ref(A / 2**s, t), s), "elementwise square"),
+        (lambda A, s, t: _square(expm(A / 2**s), s), "exact exponential"),
+        (lambda A, s, t: torch.linalg.matrix_power(series_ref(A / 2**s, t), s), "power s"),
     ],
 )
 def test_scaling_and_squaring(wrong, phrase):
@@ -370,6 +376,7 @@ def _centre_negated(y, k, t):
         (lambda y, k, t: conv_exp_ref(y, k.transpose(0, 1), t), "swapped the channels"),
         (lambda y, k, t: -conv_exp_ref(y, k, t), "negated the output"),
         (_centre_negated, "only the centre"),
+        (lambda y, k, t: y - F.conv2d(y, k, padding=1), "first-order term"),
     ],
 )
 def test_inv_conv_exp(wrong, phrase):

@@ -103,6 +103,7 @@ MISTAKES = [
     ),
     (conv_checks.check_periodic_logdet, lambda k, H, W: H * W * torch.log(k[1, 1].abs()), "1x1"),
     (conv_checks.check_periodic_logdet, lambda k, H, W: -periodic_logdet(k, H, W), "sign error"),
+    (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(centred_spectrum(k, H, W).abs()).mean(), "averaged"),
     (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(torch.fft.fft2(k).abs()).sum(), "pad the kernel"),
     (conv_checks.check_periodic_logdet, lambda k, H, W: torch.log(centred_spectrum(k, H, W).real).sum(), "modulus"),
     (
@@ -154,6 +155,18 @@ MISTAKES = [
     (syl_checks.check_series_logdet, lambda J, n: -series_logdet(J, n), "(-1)^(k+1)"),
     (
         syl_checks.check_series_logdet,
+        lambda J, n: sum(
+            (-1) ** (k + 1) * torch.trace(torch.linalg.matrix_power(J, k)) / math.factorial(k) for k in range(1, n + 1)
+        ),
+        "divided by k!",
+    ),
+    (
+        syl_checks.check_series_logdet,
+        lambda J, n: torch.linalg.slogdet(torch.eye(J.shape[0], dtype=J.dtype) + J).logabsdet,
+        "exact log det",
+    ),
+    (
+        syl_checks.check_series_logdet,
         lambda J, n: sum((-1) ** (k + 1) * torch.trace(J**k) / k for k in range(1, n + 1)),
         "elementwise power",
     ),
@@ -171,6 +184,8 @@ MISTAKES = [
     (train_checks.check_bpd_from_density, lambda lv, dims: -(lv - dims * math.log(255)) / (dims * math.log(2)), "255"),
     (train_checks.check_bpd_from_density, lambda lv, dims: -answers.bpd_from_density(lv, dims), "sign error"),
     (train_checks.check_bpd_from_density, lambda lv, dims: 8 - lv / dims, "mixed units"),
+    (train_checks.check_bpd_from_density, lambda lv, dims: -(lv - math.log(256)) / (dims * math.log(2)), "in all"),
+    (train_checks.check_bpd_from_density, lambda lv, dims: -(lv - 8 * dims) / (dims * math.log(2)), "log2(256)"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log(p[x.long()]).mean(), "natural log"),
     (train_checks.check_histogram_bpd, lambda x, p: torch.log2(p[x.long()]).mean(), "sign error"),
     (train_checks.check_histogram_bpd, lambda x, p: -torch.log2(p[x]).mean(), "selects by mask"),

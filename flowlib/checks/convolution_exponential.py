@@ -185,6 +185,11 @@ def check_inv_conv_exp(fn) -> Feedback:
                 conv_exp(y, -k, terms=terms),
                 [
                     (
+                        "you kept only the first-order term (I - M) y; the inverse is the whole series exp(-M) y "
+                        "with `terms` terms",
+                        y - F.conv2d(y, k, padding=1),
+                    ),
+                    (
                         "sign error: with +kernel you applied exp(M) again; the inverse is exp(-M): negate the kernel",
                         conv_exp(y, k, terms=terms),
                     ),

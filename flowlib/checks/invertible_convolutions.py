@@ -187,6 +187,10 @@ def check_periodic_logdet(fn) -> Feedback:
                     ),
                     ("you returned the determinant itself, not its logarithm", K.abs().prod()),
                     (
+                        "you averaged over the frequencies; the log-determinant is the sum of log|K(u, v)|",
+                        torch.log(K.abs()).mean(),
+                    ),
+                    (
                         "you took the FFT of the k x k kernel itself (k*k frequencies); the map acts on H x W "
                         "images, so pad the kernel to H x W first: there are H*W frequencies",
                         torch.log(torch.fft.fft2(kernel).abs()).sum(),

@@ -80,6 +80,11 @@ def check_expm_series(fn) -> Feedback:
                 expm_taylor(A, terms),
                 [
                     (
+                        "you returned the full exponential (torch.linalg.matrix_exp or expm); the exercise asks for "
+                        "the series truncated after the term of degree `terms`",
+                        expm(A),
+                    ),
+                    (
                         "you stopped one term early: the sum runs from k = 0 up to and including k = terms "
                         "(range(terms + 1) in Python)",
                         _series(A, terms - 1),
@@ -147,6 +152,10 @@ def check_expm_inverse(fn) -> Feedback:
                 expm(-A),
                 [
                     (
+                        "that is the inverse of A itself; the exercise asks for the inverse of exp(A)",
+                        torch.linalg.inv(A),
+                    ),
+                    (
                         "you returned exp(A) itself: the inverse is exp(-A) (negate A before the exponential)",
                         E,
                     ),
@@ -191,7 +200,9 @@ def check_expm_logdet(fn) -> Feedback:
                 f"a random {n}x{n} A",
                 (A,),
                 tr,
-                [
+                nonfinite="the result is NaN or Inf: a logarithm of a negative number (torch.logdet or log of a "
+                "negative det or trace)? det exp(A) > 0 for every real A, and its logarithm needs no determinant",
+                mistakes=[
                     (
                         "that is det exp(A) = exp(tr A); the exercise asks for its logarithm, tr A",
                         torch.exp(tr),
@@ -241,7 +252,13 @@ def check_conv1x1_exp_logdet(fn) -> Feedback:
                 f"a random {n}x{n} A on a {height}x{width} image",
                 (A, height, width),
                 height * width * tr,
-                [
+                nonfinite="the result is NaN or Inf: a logarithm of a negative number (torch.logdet or log of a "
+                "negative det or trace)? det exp(A) > 0 for every real A, and its logarithm needs no determinant",
+                mistakes=[
+                    (
+                        "that is H*W*log|det A|, the log-determinant of A itself; the layer's matrix is exp(A)",
+                        height * width * torch.linalg.slogdet(A).logabsdet,
+                    ),
                     (
                         "that is the log-determinant for one pixel; the 1x1 convolution applies exp(A) at all "
                         "H*W pixels, so multiply by H*W",
@@ -296,6 +313,15 @@ def check_scaling_and_squaring(fn) -> Feedback:
                 (A, s, terms),
                 _squared(small, s),
                 [
+                    (
+                        "you used the exact exponential of A / 2^s; the exercise evaluates the truncated series with "
+                        "`terms` terms there (flowlib.linalg.expm_taylor or your expm_series)",
+                        _squared(expm(A / 2**s), s),
+                    ),
+                    (
+                        "you raised the result to the power s; s squarings give the power 2^s (square it s times)",
+                        torch.linalg.matrix_power(small, s),
+                    ),
                     (
                         "you divided A by s; scale by 2^s so that s squarings undo it",
                         _squared(expm_taylor(A / s, terms), s),

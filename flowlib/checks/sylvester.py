@@ -13,6 +13,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -163,6 +165,15 @@ def check_series_logdet(fn) -> Feedback:
                         (traces[1:] / ks).sum(),
                     ),
                     ("you forgot the 1/k", (signs * traces[1:]).sum()),
+                    (
+                        "you divided by k!, as in the exponential's series; the logarithm's series has 1/k",
+                        (signs * traces[1:] / torch.tensor([float(math.factorial(k)) for k in range(1, n + 1)])).sum(),
+                    ),
+                    (
+                        "you returned the exact log det(I + J); the exercise asks for the series truncated after "
+                        "n_terms terms (its error is what exercise 5 measures)",
+                        torch.linalg.slogdet(torch.eye(D, dtype=F64) + J).logabsdet,
+                    ),
                     (
                         "you started at k = 0; the series starts at k = 1 (there is no tr(I) term)",
                         (signs * traces[1:] / ks).sum() - traces[0],

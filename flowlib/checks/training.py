@@ -75,6 +75,15 @@ def check_bpd_from_density(fn) -> Feedback:
                     ),
                     ("you returned nats per dimension: divide by ln 2", -(log_v - dims * math.log(256)) / dims),
                     (
+                        "the rescaling costs log 256 per dimension: D log 256 in all, not log 256",
+                        -(log_v - math.log(256)) / (dims * LN2),
+                    ),
+                    (
+                        "you subtracted D log2(256) = 8 D (bits) from a log-density in nats; the Jacobian term is "
+                        "D ln 256 nats",
+                        -(log_v - dims * 8) / (dims * LN2),
+                    ),
+                    (
                         "you mixed units: 8 is in bits per dimension, log p(v) / D in nats; divide the log-density "
                         "by D ln 2 before adding 8",
                         8 - log_v / dims,
