@@ -102,7 +102,7 @@ def test_residual_lipschitz_and_fixed_point_inverse():
 
 # notebook 04, section 6: the residual model and its shipped number of fit steps (keep in sync)
 NOTEBOOK_RESIDUAL = dict(n_layers=4, hidden=16)
-NOTEBOOK_FIT_STEPS = 200
+NOTEBOOK_FIT_STEPS = 150
 
 
 @pytest.fixture(scope="module")
