@@ -12,6 +12,7 @@ import torch
 
 import flowlib
 from flowlib.layers.linear import ActNorm
+from flowlib.layers.registry import SAMPLE_AXES
 
 NAMES = flowlib.layers.available()
 SHAPE = (4, 4, 4)
@@ -50,7 +51,7 @@ def test_empty_batch_is_refused(name, mode):
                 call(torch.zeros(0, *SHAPE))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("graph_")])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in SAMPLE_AXES])
 @pytest.mark.parametrize(
     "shape, problem",
     [
@@ -78,6 +79,15 @@ def test_make_graph_shapes():
         flowlib.layers.make("graph_convexp", shape=(2, 0), adjacency=adjacency)
     with pytest.raises(ValueError, match=r"takes shape=\(N, C\) or shape=\(C, H, W\), got shape=\(2,\)"):
         flowlib.layers.make("graph_convexp", shape=(2,))
+
+
+def test_make_elementwise_shapes():
+    for shape in ((3,), (3, 5), (3, 4, 4)):
+        assert flowlib.layers.make("slog", shape=shape).shape == shape
+    with pytest.raises(ValueError, match=r"make\('slog'\) takes shape=\(C\) or shape=\(C, L\) or shape=\(C, H, W\)"):
+        flowlib.layers.make("slog", shape=(3, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"make\('slog'\): C in shape=\(C\) must be a positive integer"):
+        flowlib.layers.make("slog", shape=(-3,))
 
 
 def test_make_accepts_sizes_of_any_integer_type():

@@ -48,17 +48,20 @@ def get(name: str) -> Callable[..., Flow]:
 
 
 IMAGE_AXES = ("C", "H", "W")
-GRAPH_AXES = ("N", "C")
+# The sample shapes each layer takes, by registered name; every other layer takes (C, H, W) only.
+SAMPLE_AXES = {
+    "graph_convexp": (("N", "C"), IMAGE_AXES),  # a graph (nodes x channels), or an image grid
+    "slog": (("C",), ("C", "L"), IMAGE_AXES),  # element-wise: any sample shape with channels first
+}
 
 
 def _check_shape(name: str, shape) -> tuple:
-    """``shape`` as a tuple of ints, or a ``ValueError`` naming the layer and the shape it takes.
+    """``shape`` as a tuple of ints, or a ``ValueError`` naming the layer and the shapes it takes.
 
-    Image layers take ``(C, H, W)``; graph layers (registered as ``graph_*``) take ``(N, C)`` or,
-    on images, ``(C, H, W)``. Every size is a positive integer; ``None`` (any size) is allowed
-    except for the channel count ``C``.
+    Image layers take ``(C, H, W)``; the exceptions are listed in :data:`SAMPLE_AXES`. Every
+    size is a positive integer; ``None`` (any size) is allowed except for the channel count ``C``.
     """
-    options = (GRAPH_AXES, IMAGE_AXES) if name.startswith("graph_") else (IMAGE_AXES,)
+    options = SAMPLE_AXES.get(name, (IMAGE_AXES,))
     want = " or ".join(f"shape=({', '.join(axes)})" for axes in options)
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__"):
         raise ValueError(f"make({name!r}) takes {want} (a tuple of sizes), got shape={shape!r}")
@@ -79,8 +82,8 @@ def _check_shape(name: str, shape) -> tuple:
 def make(name: str, shape, **kwargs) -> Flow:
     """Build the layer registered as ``name`` for samples of shape ``shape``.
 
-    ``shape`` is checked first (:func:`_check_shape`): ``(C, H, W)`` with positive sizes for
-    image layers, also ``(N, C)`` for graph layers.
+    ``shape`` is checked first (:func:`_check_shape`): ``(C, H, W)`` with positive sizes
+    (other sample shapes for the layers in :data:`SAMPLE_AXES`).
 
     >>> import flowlib
     >>> layer = flowlib.layers.make("conv1x1", shape=(4, 8, 8))
