@@ -220,7 +220,7 @@ def conv_spectral_norm_bound(kernel: Tensor, height: int, width: int) -> Tensor:
     Gupta & Long, "The Singular Values of Convolutional Layers", ICLR 2019). So this is
     an actual bound, not an estimate. Measured ratio bound / true norm (float64, dense
     ``conv_matrix``): 1.004-1.010 for random ``C = 12`` kernels on ``16 x 16``,
-    1.01-1.03 for ``C = 48`` on ``8 x 8``, at most 1.07 for random ``C <= 4`` kernels
+    1.01-1.035 for ``C = 48`` on ``8 x 8``, at most 1.07 for random ``C <= 4`` kernels
     on ``8 x 8`` (1.15 on ``6 x 6``, 1.4 on ``3 x 3``: the torus is then relatively
     larger than the image), exactly 1 for a centre-tap or a single off-centre-tap
     kernel; ~5x (``C = 12``) to ~10x (``C = 48``) tighter than
