@@ -159,6 +159,35 @@ def test_float32_fixed_point_steps_level_off_at_rounding(trained_residual):
             z = layer.inverse(z)  # the layer's own inverse stops regardless
 
 
+def test_old_stopping_rule_never_stops_on_a_valid_float32_contraction():
+    """The issue-14 failure, reproduced in a second: large hidden activations (biases leave Lip(g) unchanged)
+    raise the float32 rounding floor of the steps above the old threshold, so the old rule never stopped."""
+    torch.manual_seed(0)
+    layer = ResidualMLP((2,), hidden=32)
+    with torch.no_grad():
+        layer.layers[0].bias.add_(100.0)
+        layer.layers[1].bias.add_(100.0)
+    y = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
+    assert measured_lipschitz(layer.g, 3 * y) <= layer.lipschitz  # a valid contraction
+    threshold = 10 * torch.finfo(torch.float32).eps * (1 + float(y.abs().max()))  # the old stopping rule
+    with torch.no_grad():
+        x, steps = y, []
+        for _ in range(500):  # the old max_iter
+            x_next = y - layer.g(x)
+            steps.append(float((x_next - x).abs().max()))
+            x = x_next
+        assert min(steps) > 2 * threshold, (min(steps), threshold)  # it would never have stopped
+        x = layer.inverse(y)  # the fix: it stops after the announced count, whatever the rounding floor
+        used = layer.last_inverse_iterations
+        gap, target = layer.g(y).norm(dim=1), 1e-6 * (1 + y.norm(dim=1))
+        reference = layer.double().inverse(y.double())
+    announced = max(
+        fixed_point_iterations(layer.lipschitz, a, t) for a, t in zip(gap.tolist(), target.tolist(), strict=True)
+    )
+    assert float((x.double() - reference).abs().max()) < 1e-4
+    assert 0 < used <= announced <= layer.max_iter
+
+
 def test_residual_mlp_lipschitz_bound_holds_after_any_training(trained_residual):
     points = 3 * torch.randn(512, 2, generator=torch.Generator().manual_seed(4))
     for layer in trained_residual:  # after maximum-likelihood training (float32)
