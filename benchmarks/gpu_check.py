@@ -72,6 +72,7 @@ import torch
 from flowlib import data, functional, linalg
 from flowlib.bench.train import measure
 from flowlib.layers import available, make
+from flowlib.layers.convexp import RHO
 from flowlib.testing import perturb_
 
 __all__ = ["main", "Sizes", "FULL", "QUICK", "OFFICIAL", "FLAG"]
@@ -298,8 +299,10 @@ def conv_exp_errors(shape: tuple, batch: int, device: torch.device, seed: int) -
     C = shape[0]
     x64 = torch.randn(batch, *shape, generator=gen, dtype=torch.float64)  # [B, C, H, W]
     kernel = torch.randn(C, C, 3, 3, generator=gen, dtype=torch.float64)
-    kernel = kernel * (0.5 / linalg.operator_norm_bound(kernel))  # ||M||_2 <= 0.5, as the layers keep it
-    terms = functional.conv_exp_terms(0.5, 1e-8)
+    H, W = shape[1:]
+    rho = RHO  # ||M||_2 <= rho, as the convexp layer keeps it (tight FFT bound)
+    kernel = kernel * (rho / functional.conv_spectral_norm_bound(kernel, H, W))
+    terms = functional.conv_exp_terms(rho, 1e-8)
     y64 = functional.conv_exp(x64, kernel, terms=terms)
     x, k32 = x64.to(device, torch.float32), kernel.to(device, torch.float32)
     y = functional.conv_exp(x, k32, terms=terms)
