@@ -20,7 +20,8 @@ run in ``--out`` exactly where ``last.pt`` left it. From Python (notebook 05)::
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl``, TensorBoard events in ``tb/``,
 ``last.pt`` and ``best.pt`` (plain dicts, written atomically), ``samples/*.png`` at several
-temperatures, ``summary.json`` and ``bpd_curve.png`` (bits/dim against the step).
+temperatures, ``summary.json`` and ``bpd_curve.png`` (bits/dim against the step); while a run
+is on, ``train.lock``. Nothing else in ``out`` is ever removed.
 
 Choices worth knowing:
 
