@@ -1,4 +1,7 @@
-"""The experiment pipeline end to end at ci scale (files, seeds, budgets, notes, resume), not the orderings."""
+"""The experiment pipeline end to end at ci and (tiny-scheduled) cpu-real scale: files, seeds, budgets, notes, resume.
+
+Not the orderings: those are what the experiments measure.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 from flowlib import data
-from flowlib.experiments import EXPERIMENTS, run
+from flowlib.experiments import EXPERIMENTS, mixing, residual, run
 from flowlib.experiments.__main__ import main
 from flowlib.experiments.common import (
     Arm,
@@ -18,10 +21,13 @@ from flowlib.experiments.common import (
     check_budget,
     cifar_subset,
     diverged_notes,
+    image_budget,
     image_scale,
     match_budget,
+    paper_note,
     protocol_text,
 )
+from flowlib.models import build_model
 
 SEEDS = 3
 
@@ -71,7 +77,9 @@ def test_ci_pipeline_writes_every_file(ci_results, name):
         assert section in md
     assert result["command"] in md and "too small for conclusions" in md
     notes = md.split("## Notes", 1)[1]
-    assert "Agrees with the paper" in notes or "DISAGREES" in notes or "Not tested at this scale" in notes
+    # at ci scale the notes report orderings without claiming agreement or disagreement
+    assert "Ordering only, ci scale" in notes or "Not tested at this scale" in notes
+    assert "Agrees with the paper" not in notes and "DISAGREES" not in notes
     assert result["notes"][0].startswith("**ci scale is far too small")
 
     with open(paths[name]["csv"]) as f:
@@ -111,6 +119,8 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
         run("graph", "ci", seeds=2)
     with pytest.raises(ExperimentError, match="--data-dir"):
         run("mixing", "gpu-small", out=tmp_path, runs=tmp_path, device="cpu", quiet=True)
+    with pytest.raises(ExperimentError, match="'stability' has no 'cpu-real' scale"):
+        run("stability", "cpu-real", out=tmp_path, runs=tmp_path, device="cpu", quiet=True)
     for argv in (
         ["nope", "--scale", "ci"],
         ["graph", "--scale", "huge"],
@@ -137,9 +147,98 @@ def test_cifar_subset_reads_only_the_first_batch_and_the_test_batch(tmp_path):
     assert test_y.tolist() == labels[50:52].tolist()
     with pytest.raises(ExperimentError, match="subset needs 15 train"):
         cifar_subset(source, tmp_path / "too-big", n_test=3)
+    pooled = cifar_subset(source, tmp_path / "pooled", n_test=2, pool=2)
+    assert torch.equal(data.load_cifar10(pooled, "train")[0], data.average_pool(images[:10], 2))
+    assert torch.equal(data.load_cifar10(pooled, "test")[0], data.average_pool(images[50:52], 2))
     (source / "test_batch").unlink()
     with pytest.raises(ExperimentError, match="test_batch is missing"):
         cifar_subset(source, tmp_path / "other", n_test=2)
+
+
+def _budget(module, scale):
+    """The parameter budgets of an experiment's arms at ``scale``, as the experiment matches them."""
+    s = module.SCALES[scale]
+    if module is mixing:
+        arms = mixing._arms(scale)
+        return {
+            "all": image_budget(
+                arms, s["preset"], lambda a: {**s["model"], **a.settings}, lambda a: s["knob"], lambda a: s["base"]
+            )
+        }
+    knob = lambda a: s["widths"].get(a.settings["model_type"])  # noqa: E731
+    return {
+        dq: image_budget(
+            residual._arms(dq),
+            s["preset"],
+            lambda a: {**s["model"], **a.settings},
+            knob,
+            lambda a: s["base"][knob(a)] if knob(a) else 0,
+        )
+        for dq in s.get("dequants", residual.DEQUANTS)
+    }
+
+
+def test_cpu_real_arms_and_budgets():
+    """The shipped cpu-real settings: every arm of the brief, 16x16 images, budgets within 5%."""
+    ((budget, models),) = _budget(mixing, "cpu-real").values()
+    assert set(models) == {*mixing.MIXINGS, "convexp-official"} and len(mixing.MIXINGS) == 8
+    assert models["convexp-official"]["mixing_kwargs"] == {"train_terms": 6, "eval_terms": 13}
+    official = build_model(mixing.SCALES["cpu-real"]["preset"], **models["convexp-official"])
+    layers = [m for m in official.modules() if getattr(m, "name", None) == "convexp"]
+    assert len(layers) == 8 and all((m.train_terms, m.eval_terms) == (6, 13) for m in layers)  # the kwargs arrive
+    assert all(m["image_shape"] == (3, 16, 16) for m in models.values())
+    assert budget["spread"] <= 0.05 and len(set(budget["widths"].values())) > 1  # widths really were matched
+    res = _budget(residual, "cpu-real")
+    assert list(res) == ["uniform"]  # one dequantization at cpu-real (the brief's time budget)
+    budget, models = res["uniform"]
+    assert set(models) == {"sylvester-uniform", "residual-uniform", "coupling-uniform"}
+    assert budget["spread"] <= 0.05 and budget["widths"]["sylvester-uniform"] is None
+
+
+@pytest.fixture
+def tiny_cpu_real(monkeypatch):
+    """cpu-real with a two-step schedule, two test images and a small model: the pipeline, not the numbers."""
+    for module in (mixing, residual):
+        s = module.SCALES["cpu-real"]
+        tiny = {
+            **s,
+            "n_test": 2,
+            "sample_n": 2,
+            "model": {**s["model"], "n_subflows": 1},
+            "train": {"steps": 2, "batch_size": 4, "log_every": 1, "eval_every": 10**6, "save_every": 10**6},
+        }
+        tiny["base"] = {"hidden_channels": 4} if module is residual else 4
+        if module is residual:
+            tiny["model"]["hidden_channels"] = 4
+        monkeypatch.setitem(module.SCALES, "cpu-real", tiny)
+    monkeypatch.setattr(mixing, "MIXINGS", ("conv1x1", "convexp", "emerging", "woodbury"))  # the paper's + official: 5
+
+
+def test_cpu_real_pipeline_on_a_cifar_format_directory(tmp_path, tiny_cpu_real):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 32, 32), generator=g, dtype=torch.uint8)
+    source = data.write_cifar_batches(tmp_path / "cifar-10-batches-py", images, torch.arange(60) % 10)
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    paths = {
+        name: run(name, "cpu-real", out=out, runs=runs, device="cpu", data_dir=source, quiet=True)
+        for name in ("mixing", "residual")
+    }
+    subset = runs / "cifar10-subset-2-pool2"
+    assert torch.equal(data.load_cifar10(subset, "test")[0], data.average_pool(images[50:52], 2))
+    for name, arms in (("mixing", 5), ("residual", 3)):
+        result = json.loads(paths[name]["json"].read_text())
+        assert result["scale"] == "cpu-real" and len(result["arms"]) == arms
+        assert len(result["runs"]) == SEEDS * arms and all(r["n"] == SEEDS for r in result["arms"])
+        assert result["command"].startswith(f"python -m flowlib.experiments {name} --scale cpu-real")
+        assert "16x16" in result["data"] and "2x2 average pooling" in result["data"]
+        spec = json.loads(next((runs / f"{name}-cpu-real").glob("*/seed0/spec.json")).read_text())
+        assert spec["model"]["image_shape"] == [3, 16, 16]
+        notes = result["notes"]
+        assert notes[0].startswith("cpu-real scale") and "must not be compared" in notes[0]
+        assert any(n.startswith(("Agrees with the paper", "DISAGREES with the paper")) for n in notes)
+        assert all(paths[name][ext].exists() for ext in ("md", "csv", "png"))
+    notes = json.loads(paths["mixing"]["json"].read_text())["notes"]
+    assert any(n.startswith("Official fixed terms (6 train / 13 eval)") for n in notes)
 
 
 def test_budget_matching_and_check():
@@ -158,10 +257,22 @@ def test_budget_matching_and_check():
         check_budget({"a": 100, "b": 106})
 
 
+def test_paper_note_wording_by_scale():
+    assert (
+        paper_note("ci", True, "a beats b", "x")
+        == "Ordering only, ci scale (no evidence either way): 'a beats b' holds in these numbers: x."
+    )
+    assert "does not hold" in paper_note("ci", False, "a beats b", "x")
+    assert paper_note("cpu-real", True, "a beats b", "x") == "Agrees with the paper (a beats b): x."
+    assert paper_note("paper", False, "a beats b", "x") == "DISAGREES with the paper (a beats b): x."
+
+
 def test_shared_settings_and_notes():
     ci = image_scale("ci", "tiny", model=dict(dequant="uniform"), knob="hidden_channels")
     assert ci["preset"] == "tiny" and ci["knob"] == "hidden_channels" and ci["n_test"] == 0
     assert list(ci["model"]) == ["image_shape", "n_subflows", "dequant"]  # shared overrides first (protocol text)
+    real = image_scale("cpu-real", "tiny", train=dict(steps=7), n_test=500)
+    assert real["n_test"] == 500 and real["pool"] == 2 and real["model"]["image_shape"] == (3, 16, 16)
     assert ci["train"]["steps"] == 20 and ci["train"] is not image_scale("ci", "tiny")["train"]
     assert image_scale("gpu-small", "p", train=dict(steps=7))["train"] == {"steps": 7}
     with pytest.raises(ValueError, match="pass train="):

@@ -16,15 +16,17 @@ Experiments (one module each; the module docstring is the protocol):
 * :mod:`~flowlib.experiments.graph` - a graph flow with and without the graph convolution exponential.
 
 Scales: ``ci`` (tiny models and data, CPU; shows the pipeline works, supports no
-conclusion), ``gpu-small`` (about ten minutes per experiment on one GPU, on a fixed CIFAR-10
-subset: only ``batches.meta``, ``data_batch_1`` and ``test_batch`` are read) and ``paper``
-(the official sizes and schedules). Each experiment writes
+conclusion), ``cpu-real`` (``mixing`` and ``residual`` only: small models on a fixed subset of
+the real CIFAR-10 downsampled to 16x16, about two minutes per run on one CPU thread, the whole
+grid about 75 minutes: ``scripts/cpu_real.sh``), ``gpu-small`` (about ten minutes per
+experiment on one GPU, on a fixed CIFAR-10 subset: only ``batches.meta``, ``data_batch_1``
+and ``test_batch`` are read) and ``paper`` (the official sizes and schedules). Each experiment writes
 ``<out>/<name>-<scale>.json``, ``.csv``, ``.md`` (table, parameter budget, protocol, notes
 that say plainly where the ordering disagrees with the paper) and ``.png``; every file names
 the command, scale, device, torch version and date. Finished ``(arm, seed)`` runs are kept
 in ``<runs>/<name>-<scale>/<arm>/seed<k>/result.json`` and never re-run, so an interrupted
 experiment continues where it stopped when the same command is run again. At ``ci`` scale
-on a CPU the runs use one thread (tiny models gain nothing from more).
+and cpu-real scale on a CPU the runs use one thread (small models gain nothing from more).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 
 from . import common, graph, mixing, residual, stability
-from .common import MIN_SEEDS, SCALES, ExperimentError, command_line, resolve_device
+from .common import CPU_SCALES, MIN_SEEDS, SCALES, ExperimentError, command_line, resolve_device
 
 __all__ = ["EXPERIMENTS", "run", "common", "mixing", "residual", "stability", "graph", "ExperimentError"]
 
@@ -56,13 +58,13 @@ def run(
 
     Arguments:
         name: ``mixing``, ``residual``, ``stability`` or ``graph``.
-        scale: ``ci``, ``gpu-small`` or ``paper``.
+        scale: ``ci``, ``cpu-real`` (mixing and residual), ``gpu-small`` or ``paper``.
         seeds: seeds per arm, at least 3.
         out: directory of the result files (``results/`` in the repository).
         runs: directory of the per-run outputs (default ``runs/experiments``); the runs of this
             experiment go to ``<runs>/<name>-<scale>/``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        data_dir: the ``cifar-10-batches-py`` directory (image experiments at gpu-small and paper scale).
+        data_dir: the ``cifar-10-batches-py`` directory (image experiments at cpu-real, gpu-small and paper scale).
         quiet: no progress lines.
         command: the command recorded in the result files (default: the equivalent CLI command).
     """
@@ -72,6 +74,10 @@ def run(
         )
     if scale not in SCALES:
         raise ExperimentError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale not in EXPERIMENTS[name].SCALES:
+        raise ExperimentError(
+            f"experiment {name!r} has no {scale!r} scale; its scales are {', '.join(EXPERIMENTS[name].SCALES)}"
+        )
     if not isinstance(seeds, int) or seeds < MIN_SEEDS:
         raise ExperimentError(
             f"seeds must be an integer >= {MIN_SEEDS} (the protocol reports mean ± std over "
@@ -82,7 +88,7 @@ def run(
     if command is None:
         command = command_line(name, scale, seeds, {"data_dir": data_dir})
     threads = torch.get_num_threads()
-    if scale == "ci" and device == "cpu":  # tiny models: extra threads only add overhead (and contention)
+    if scale in CPU_SCALES and device == "cpu":  # small models: extra threads only add overhead (and contention)
         torch.set_num_threads(1)
     try:
         return EXPERIMENTS[name].run(

@@ -1,4 +1,4 @@
-"""Command line: ``python -m flowlib.experiments NAME --scale ci|gpu-small|paper [...]``."""
+"""Command line: ``python -m flowlib.experiments NAME --scale ci|cpu-real|gpu-small|paper [...]``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def main(argv=None) -> int:
         "--scale",
         required=True,
         choices=SCALES,
-        help="ci: CPU minutes, pipeline check only; gpu-small: ~10 min on one GPU; paper: official",
+        help="ci: CPU minutes, pipeline check only; cpu-real: real CIFAR-10 at 16x16 on one CPU thread "
+        "(mixing + residual ~75 min); gpu-small: ~10 min on one GPU; paper: official",
     )
     p.add_argument("--seeds", type=int, default=MIN_SEEDS, help=f"seeds per arm (>= {MIN_SEEDS})")
     p.add_argument("--out", default="results", help="directory of the result files (default: results)")

@@ -67,6 +67,7 @@ __all__ = [
     "PARAMS_COLUMN",
     "DIVERGED_COLUMN",
     "diverged_notes",
+    "paper_note",
     "protocol_text",
     "result_info",
     "image_scale",
@@ -74,7 +75,8 @@ __all__ = [
     "image_info",
 ]
 
-SCALES = ("ci", "gpu-small", "paper")
+SCALES = ("ci", "cpu-real", "gpu-small", "paper")
+CPU_SCALES = ("ci", "cpu-real")  # run on one torch thread on a CPU (small models gain nothing from more)
 MIN_SEEDS = 3
 BUDGET_TOLERANCE = 0.05  # parameter counts of the arms may differ by at most 5% (max / min - 1)
 DIVERGED_BPD = 8.0  # a model worse than uniform over 256 levels (8 bits/dim) has diverged
@@ -82,6 +84,11 @@ SCALE_CAVEAT = {
     "ci": "**ci scale is far too small for conclusions**: tiny models, a few optimizer steps and tiny "
     "synthetic data, run on a CPU only to show that the pipeline works end to end. Do not read any "
     "ordering below as evidence for or against the papers.",
+    "cpu-real": "cpu-real scale: small models trained for about two minutes each on one CPU thread, on a "
+    "fixed subset of the real CIFAR-10 **downsampled to 16x16** (2x2 average pooling): bits/dim are per "
+    "dimension of the 16x16 images and must not be compared with the papers' 32x32 numbers; only the "
+    "ORDERING of the arms is compared with the papers, and short training can order arms differently "
+    "from fully trained models.",
     "gpu-small": "gpu-small scale: small models trained for a few minutes each on a fixed CIFAR-10 subset; "
     "orderings can differ from the papers' fully trained models.",
     "paper": "paper scale: the official model sizes and schedules.",
@@ -355,6 +362,20 @@ def diverged_notes(rows: list[dict]) -> list[str]:
     return [f"Runs that diverged (left out of the means): {listing}."]
 
 
+def paper_note(scale: str, holds: bool, claim: str, detail: str) -> str:
+    """One note comparing an ordering with a paper's ``claim``, worded by scale.
+
+    At ``ci`` scale the numbers are no evidence, so the note only reports whether the
+    ordering holds in them ("Ordering only, ci scale ..."); at the other scales it says
+    ``Agrees with the paper`` or ``DISAGREES with the paper``. ``detail`` (gaps and seed
+    stds, :func:`diff_note`) follows.
+    """
+    if scale == "ci":
+        verdict = "holds" if holds else "does not hold"
+        return f"Ordering only, ci scale (no evidence either way): '{claim}' {verdict} in these numbers: {detail}."
+    return f"{'Agrees with the paper' if holds else 'DISAGREES with the paper'} ({claim}): {detail}."
+
+
 def protocol_text(doc: str, this_run: str) -> str:
     """The protocol of a result file: a module docstring without its title line, then ``This run: ...``."""
     return doc.split("\n\n", 1)[1].strip() + f"\n\nThis run: {this_run}"
@@ -447,13 +468,15 @@ def write_results(
 # ------------------------------------------------------------------------------------------
 
 
-def cifar_subset(source, dest: Path, n_test: int) -> Path:
-    """A CIFAR-format directory with train = all of ``data_batch_1``, test = the first ``n_test`` of ``test_batch``.
+def cifar_subset(source, dest: Path, n_test: int, pool: int = 1) -> Path:
+    """A CIFAR-format subset: train = ``data_batch_1[:5 n_test]``, test = ``test_batch[:n_test]``.
 
     Only ``data_batch_1``, ``test_batch`` and ``batches.meta`` of ``source`` are read, so the
-    subset can be made where only those files travel. The result holds ``5 n_test`` train
-    images (``data_batch_1`` split over five files) and ``n_test`` test images; it is
-    written once and reused.
+    subset can be made where only those files travel. The format's six files have equal
+    sizes, so the subset holds ``5 n_test`` train images (``n_test = 2000``: all of
+    ``data_batch_1``) and ``n_test`` test images. With ``pool > 1`` the images are
+    downsampled by :func:`flowlib.data.average_pool` (``pool = 2``: 3x16x16). Written once
+    and reused.
     """
     from flowlib import data
 
@@ -469,9 +492,9 @@ def cifar_subset(source, dest: Path, n_test: int) -> Path:
                 "cifar-10-batches-py directory holding at least batches.meta, data_batch_1 "
                 "and test_batch"
             )
-    rows = data.read_cifar_meta(source / "batches.meta")
-    train_x, train_y = data.read_cifar_batch(source / "data_batch_1", rows)
-    test_x, test_y = data.read_cifar_batch(source / "test_batch", rows)
+    rows, side = data.read_cifar_meta(source / "batches.meta")
+    train_x, train_y = data.read_cifar_batch(source / "data_batch_1", rows, side)
+    test_x, test_y = data.read_cifar_batch(source / "test_batch", rows, side)
     n_train = 5 * n_test
     if n_train > len(train_x) or n_test > len(test_x):
         raise ExperimentError(
@@ -480,9 +503,9 @@ def cifar_subset(source, dest: Path, n_test: int) -> Path:
         )
     import numpy as np
 
-    images = np.concatenate([train_x[:n_train], test_x[:n_test]]).reshape(-1, 3, 32, 32)  # [6n, 3, 32, 32]
-    labels = np.concatenate([train_y[:n_train], test_y[:n_test]])
-    data.write_cifar_batches(dest, images, labels)
+    train = data.average_pool(torch.from_numpy(train_x[:n_train]).view(-1, 3, side, side), pool)
+    test = data.average_pool(torch.from_numpy(test_x[:n_test]).view(-1, 3, side, side), pool)
+    data.write_cifar_batches(dest, torch.cat([train, test]), np.concatenate([train_y[:n_train], test_y[:n_test]]))
     return dest
 
 
@@ -622,19 +645,23 @@ def budget_markdown(budget: dict, labels: dict[str, str], group: str | None = No
     )
 
 
-# What every image experiment shares at a scale: test images (``n_test``, see :func:`image_data`),
-# images per timed sampling call (``sample_n``), model overrides (image shape; at ci two levels)
-# and, at ci and paper scale, the training schedule (gpu-small step counts differ per experiment).
+# What every image experiment shares at a scale: test images (``n_test``, see :func:`image_data`;
+# an experiment may use fewer), the downsampling factor of the CIFAR-10 subset (``pool``), images
+# per timed sampling call (``sample_n``), model overrides (image shape; at ci two levels) and, at
+# ci and paper scale, the training schedule (cpu-real and gpu-small step counts differ per experiment).
 _IMAGE_SCALES = {
     "ci": dict(
         n_test=0,
+        pool=1,
         sample_n=16,
         model=dict(image_shape=(3, 8, 8), n_subflows=2),
         train=dict(steps=20, batch_size=32, log_every=10, eval_every=10**6, save_every=10**6),
     ),
-    "gpu-small": dict(n_test=2000, sample_n=64, model=dict(image_shape=(3, 32, 32))),
+    "cpu-real": dict(n_test=2000, pool=2, sample_n=16, model=dict(image_shape=(3, 16, 16))),
+    "gpu-small": dict(n_test=2000, pool=1, sample_n=64, model=dict(image_shape=(3, 32, 32))),
     "paper": dict(
         n_test=10000,
+        pool=1,
         sample_n=256,
         model=dict(image_shape=(3, 32, 32)),
         train=dict(steps=195_000, batch_size=256, iw_samples=1000),
@@ -642,14 +669,22 @@ _IMAGE_SCALES = {
 }
 
 
-def image_scale(scale: str, preset: str, model: dict | None = None, train: dict | None = None, **settings) -> dict:
+def image_scale(
+    scale: str,
+    preset: str,
+    model: dict | None = None,
+    train: dict | None = None,
+    n_test: int | None = None,
+    **settings,
+) -> dict:
     """One scale's settings of an image experiment (mixing, residual, stability).
 
-    ``{"preset", **settings, "n_test", "sample_n", "model", "train"}``: ``n_test``, ``sample_n``
-    and the shared model overrides come from the scale (the same for every image experiment),
+    ``{"preset", **settings, "n_test", "pool", "sample_n", "model", "train"}``: ``n_test``
+    (unless given: an experiment may test on fewer images), ``pool``, ``sample_n`` and the
+    shared model overrides come from the scale (the same for every image experiment),
     followed in ``model`` by the experiment's own overrides; ``train`` is the scale's shared
-    schedule (ci, paper) unless given, and must be given at gpu-small. ``settings`` are the
-    experiment's own (width knob and base width, learning rates).
+    schedule (ci, paper) unless given, and must be given at cpu-real and gpu-small.
+    ``settings`` are the experiment's own (width knob and base width, learning rates).
     """
     shared = _IMAGE_SCALES[scale]
     if train is None and "train" not in shared:
@@ -657,7 +692,8 @@ def image_scale(scale: str, preset: str, model: dict | None = None, train: dict 
     return {
         "preset": preset,
         **settings,
-        "n_test": shared["n_test"],
+        "n_test": shared["n_test"] if n_test is None else n_test,
+        "pool": shared["pool"],
         "sample_n": shared["sample_n"],
         "model": {**shared["model"], **(model or {})},
         "train": dict(shared["train"] if train is None else train),
@@ -736,26 +772,30 @@ def log_line(quiet: bool) -> Callable[[str], None]:
     return (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
 
 
-def image_data(scale: str, data_dir, runs_root: Path, n_test: int) -> tuple[dict, str]:
+def image_data(scale: str, data_dir, runs_root: Path, n_test: int, pool: int = 1) -> tuple[dict, str]:
     """The trainer's data settings for a scale and a one-line description of the data.
 
-    ``ci``: the embedded synthetic 3x8x8 set (2,000 train, 500 test). ``gpu-small``: the
-    :func:`cifar_subset` of ``data_dir`` (train = ``data_batch_1[:5 n_test]``, test =
-    ``test_batch[:n_test]``). ``paper``: the full CIFAR-10 in ``data_dir``.
+    ``ci``: the embedded synthetic 3x8x8 set (2,000 train, 500 test). ``cpu-real`` and
+    ``gpu-small``: the :func:`cifar_subset` of ``data_dir`` (train = ``data_batch_1[:5 n_test]``,
+    test = ``test_batch[:n_test]``, downsampled ``pool`` x ``pool``), written once under
+    ``runs_root``. ``paper``: the full CIFAR-10 in ``data_dir``.
     """
     if scale == "ci":
         return {"dataset": "synthetic"}, "flowlib.data synthetic 3x8x8 (2,000 train / 500 test images)"
     if data_dir is None:
         raise ExperimentError(
             f"--scale {scale} trains on CIFAR-10: pass --data-dir pointing to a cifar-10-batches-py "
-            "directory (gpu-small reads only batches.meta, data_batch_1 and test_batch)"
+            "directory (cpu-real and gpu-small read only batches.meta, data_batch_1 and test_batch)"
         )
-    if scale == "gpu-small":
-        subset = cifar_subset(data_dir, runs_root / f"cifar10-subset-{n_test}", n_test)
+    if scale in ("cpu-real", "gpu-small"):
+        name = f"cifar10-subset-{n_test}" + (f"-pool{pool}" if pool > 1 else "")
+        subset = cifar_subset(data_dir, runs_root / name, n_test, pool)
+        side = 32 // pool
         return (
             {"dataset": "cifar10", "data_dir": str(subset)},
             f"CIFAR-10 subset: train = first {5 * n_test:,} images of data_batch_1, "
-            f"test = first {n_test:,} images of test_batch",
+            f"test = first {n_test:,} images of test_batch"
+            + (f", downsampled to 3x{side}x{side} by {pool}x{pool} average pooling" if pool > 1 else ""),
         )
     return {"dataset": "cifar10", "data_dir": str(data_dir)}, "CIFAR-10 (50,000 train / 10,000 test images)"
 

@@ -42,6 +42,7 @@ from .common import (
     markdown_table,
     match_budget,
     mean_std,
+    paper_note,
     protocol_text,
     result_info,
     run_grid,
@@ -133,13 +134,7 @@ def run(
     ok, text = diff_note(by, "test_nll", "convexp", "no-convexp")
     notes = [
         SCALE_CAVEAT[scale].replace("synthetic data", "synthetic graphs"),
-        (
-            "Agrees with the paper: the graph convolution exponential lowers the test NLL: "
-            if ok
-            else "DISAGREES with the paper (graph convolution exponential improves the likelihood): "
-        )
-        + text
-        + ".",
+        paper_note(scale, ok, "the graph convolution exponential lowers the test NLL", text),
     ]
     if scale == "paper":
         notes.append("The paper's graph data sets are not bundled: 'paper' scale here is a larger synthetic setting.")
