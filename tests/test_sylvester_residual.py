@@ -272,6 +272,15 @@ def test_residual_inverse_raises_when_g_is_not_a_contraction(monkeypatch):
         layer.inverse(y)
 
 
+def test_residual_inverse_names_the_layer_when_g_is_not_finite():
+    layer = residual().eval()
+    y = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        layer.b2[0] = float("nan")  # broken parameters (the input itself is validated by Flow)
+    with pytest.raises(ValueError, match="residual.inverse: y or g\\(y\\) is not finite"):
+        layer.inverse(y)
+
+
 def test_residual_bad_arguments():
     with pytest.raises(ValueError, match="lipschitz"):
         ResidualFlow((2, 4, 4), lipschitz=1.0)

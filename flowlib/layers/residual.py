@@ -108,10 +108,13 @@ def invert_contraction(g, y: Tensor, lipschitz: float, tol: float, max_iter: int
         gy = g(y)
         y_norm, gap = y.flatten(1).norm(dim=1), gy.flatten(1).norm(dim=1)  # [B]
         target = tol * (1 + y_norm)
-        n = max(
-            (fixed_point_iterations(lipschitz, float(a), float(t)) for a, t in zip(gap, target, strict=True)),
-            default=0,
-        )
+        # n depends on gap / target only, and grows with it: the worst sample decides (one device sync)
+        worst_ratio = float((gap / target).max()) if y.shape[0] else 0.0
+        if not math.isfinite(worst_ratio):
+            raise ValueError(
+                f"{name}.inverse: y or g(y) is not finite (||g(y)|| / tol = {worst_ratio}); check the input"
+            )
+        n = fixed_point_iterations(lipschitz, worst_ratio, 1.0)
         if n > max_iter:
             raise SeriesNotConverged(
                 f"{name}.inverse: the fixed point x = y - g(x) needs n={n} iterations for tol={tol:g} "
