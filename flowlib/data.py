@@ -247,7 +247,7 @@ def find_cifar10(data_dir=None, download: bool = False) -> Path:
         return download_cifar10(root.parent if root.name == CIFAR10_DIRNAME else root)
     what = "does not exist" if not root.exists() else "holds no CIFAR-10 batches"
     raise DataError(
-        f"CIFAR-10 not found: {root} ({origin}) {what}; pass download=True (command line: --download) "
+        f"CIFAR-10 directory {root} ({origin}) {what}; pass download=True (command line: --download) "
         f"to fetch {CIFAR10_URL} there, or point data_dir (--data-dir) or $FLOWLIB_DATA to an extracted "
         f"'{CIFAR10_DIRNAME}' directory or its parent"
     )
