@@ -2,7 +2,7 @@
 # The cpu-real grid: the mixing and residual comparisons on a fixed subset of the REAL CIFAR-10,
 # downsampled to 16x16, 3 seeds per arm, one torch thread, runs one after another (see
 # flowlib/experiments/mixing.py and residual.py for the protocol). Expected duration on an
-# otherwise idle core: about 65-75 minutes (mixing: 27 runs x 1000 steps, ~47 min; residual:
+# otherwise idle core: about 45-55 minutes (mixing: 27 runs x 500 steps, ~25 min; residual:
 # 9 runs x 400 steps, ~20 min; from one-thread CPU times measured 2026-12-01). On a shared,
 # loaded machine it takes proportionally longer (measured wall/CPU ratios of 3-6 under load). Writes
 # results/mixing-cpu-real.{json,csv,md,png} and results/residual-cpu-real.*; every finished

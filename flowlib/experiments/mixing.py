@@ -21,10 +21,11 @@ Scales: ``ci`` = tiny conv-conditioner model (2 levels x 2 steps) on synthetic 3
 images, 20 steps; ``cpu-real`` = conv-conditioner model (``tiny`` preset, 2 levels x 4
 steps, uniform dequantization) on the real CIFAR-10 subset (train = the 10,000 images of
 ``data_batch_1``, test = the first 2,000 of ``test_batch``) downsampled to 3x16x16 by 2x2
-average pooling, 1000 steps of batch 32 on one CPU thread (about two minutes per run; bpd
-on 16x16 images, so only the ordering is comparable with the paper; sized from one-thread
-CPU times measured on 2026-12-01: 73-154 ms per step per arm, convexp the slowest, 0.88 s for
-one step of all nine arms, so the 27 runs take about 47 minutes with evaluation); ``gpu-small`` =
+average pooling, 500 steps of batch 32 on one CPU thread (about one minute per run on an
+idle core; bpd on 16x16 images, so only the ordering is comparable with the paper; sized from
+one-thread CPU times measured on 2026-12-01: 73-154 ms per step per arm, convexp the slowest,
+0.88 s for one step of all nine arms, so the 27 runs take about 25 minutes with evaluation on
+an idle core, and two to three times that on a loaded one); ``gpu-small`` =
 ``small-mixing`` preset on CIFAR-10 with train = the 10,000 images of ``data_batch_1`` and
 test = the first 2,000 of ``test_batch``, 400 steps of batch 64 (about 10 minutes for 24
 runs on one H100 was the aim; not yet timed on a GPU); ``paper`` = ``paper-mixing`` on full
@@ -71,7 +72,7 @@ SCALES = {
         "tiny",
         model=dict(dequant="uniform", n_subflows=4),
         train=dict(
-            steps=1000,
+            steps=500,
             batch_size=32,
             lr=2e-3,
             warmup_epochs=0.5,
