@@ -111,11 +111,14 @@ def same(a: dict, b: dict) -> str:
     return ""
 
 
-def _interrupt(cmd: list[str], kind: str, delay: float, gap: float) -> tuple[int, str]:
-    """Start ``cmd``, send ``kind`` after ``delay`` s; return (exit code, stderr)."""
+def _interrupt(cmd: list[str], kind: str, delay: float, gap: float) -> tuple[int, str, float | None]:
+    """Start ``cmd``, send ``kind`` after ``delay`` s; return (exit code, stderr, wall time if it ended first)."""
+    t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     try:
         p.wait(timeout=delay)
+        _, err = p.communicate()
+        return p.returncode, err, time.perf_counter() - t0
     except subprocess.TimeoutExpired:
         if kind == "SIGKILL":
             p.kill()
@@ -128,18 +131,36 @@ def _interrupt(cmd: list[str], kind: str, delay: float, gap: float) -> tuple[int
                 if p.poll() is None:
                     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=600)
-    return p.returncode, err
+    return p.returncode, err, None
+
+
+def phase(code: int, err: str) -> str:
+    """Where the signal landed, from the interrupted run's exit code and its last message."""
+    if code == -signal.SIGKILL:
+        return "killed"
+    for text, where in (
+        ("aborted during start-up", "start-up"),
+        ("aborted before training started", "start-up"),
+        ("interrupted after the training steps", "after the last step"),
+        ("aborted at step", "training"),
+        ("interrupted at step", "training"),
+    ):
+        if text in err:
+            return where
+    return "before the trainer's handlers" if code < 0 else f"exit {code} (no message)"
 
 
 def trial(work: Path, steps: int, kind: str, delay: float, gap: float, reference: dict) -> dict:
     """One interruption and the resumes after it; returns what happened."""
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
-    code, err = _interrupt(command(out, steps), kind, delay, gap)
+    code, err, finished = _interrupt(command(out, steps), kind, delay, gap)
+    if finished is not None:  # the run ended before the signal: no interruption, only a shorter span next time
+        return {"kind": kind, "delay": round(delay, 3), "finished": finished}
     # Python's own KeyboardInterrupt traceback while it still imports torch (before any flowlib.train
     # code runs, nothing written yet) is counted apart from a traceback of the trainer.
     importing = "Traceback" in err and 'flowlib/train.py", line' not in err and "KeyboardInterrupt" in err
-    result = {"kind": kind, "delay": round(delay, 3), "code": code, "importing": importing}
+    result = {"kind": kind, "delay": round(delay, 3), "code": code, "importing": importing, "phase": phase(code, err)}
     result.update(traceback="Traceback" in err and not importing, false="")
     claim = re.search(r"last\.pt holds step (\d+)", err)
     if claim and kind != "SIGKILL":
@@ -162,11 +183,14 @@ def trial(work: Path, steps: int, kind: str, delay: float, gap: float, reference
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=40, help="training steps of every run")
+    parser.add_argument("--trials", type=int, default=50, help="interruptions (signals delivered to a running trainer)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of every run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kinds and moments")
     parser.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args(argv)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that; a handled
+    # SIGINT here is reset to the default in each trainer, as a terminal's Ctrl-C finds it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = random.Random(args.seed)
     work = Path(args.work or tempfile.mkdtemp(prefix="interruptions-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -180,20 +204,29 @@ def main(argv=None) -> int:
     reference = outcome(work / "reference")
     print(f"reference: {args.steps} steps in {span:.1f} s; interrupting at random moments in [0, {span:.1f}] s")
 
-    counts, results = Counter(), []
-    for i in range(args.trials):
+    counts, results, i = Counter(), [], 0
+    while i < args.trials:
         kind = KINDS[i % len(KINDS)] if i < len(KINDS) else rng.choice(KINDS)
         r = trial(work, args.steps, kind, rng.uniform(0.0, span), rng.uniform(0.0, 0.1), reference)
+        if "finished" in r:  # the machine got faster: interrupt within the shorter span from now on
+            span = min(span, r["finished"])
+            ended = f"came after the run ended ({r['finished']:.1f} s)"
+            print(f"    {kind:9s} at {r['delay']:6.3f} s {ended}; span now {span:.1f} s", flush=True)
+            continue
+        i += 1
         results.append(r)
         exact = not r["diff"] and not r["traceback"] and not r["false"]
         counts[(kind, "exact" if exact else "FAILED")] += 1
         status = "exact" if exact else f"FAILED: {r['diff'] or ''} {r['false']} {'traceback' if r['traceback'] else ''}"
         note = " (signal came while Python imported torch)" if r["importing"] else ""
-        print(f"{i + 1:3d} {kind:9s} at {r['delay']:6.3f} s, exit {r['code']:4d}: {status}{note}", flush=True)
+        where = f"exit {r['code']:4d}, {r['phase']}"
+        print(f"{i:3d} {kind:9s} at {r['delay']:6.3f} s ({where}): {status}{note}", flush=True)
     print()
     for kind in KINDS:
         n = counts[(kind, "exact")] + counts[(kind, "FAILED")]
         print(f"{kind:9s}: {counts[(kind, 'exact')]}/{n} resumed bit-exactly")
+    phases = Counter(r["phase"] for r in results)
+    print("signals landed: " + ", ".join(f"{n} {where}" for where, n in phases.most_common()))
     exact = sum(v for (_, s), v in counts.items() if s == "exact")
     importing = sum(r["importing"] for r in results)
     print(f"total: {exact}/{args.trials} bit-exact ({time.perf_counter() - t0:.0f} s, one thread, {work})")
