@@ -470,3 +470,10 @@ def test_two_trainers_on_one_out_the_second_stops_at_once(tmp_path, capsys):
 
 def _step_of(out: Path) -> int:
     return torch.load(out / "last.pt", weights_only=True)["step"]
+
+
+def test_paper_presets_evaluate_with_1000_importance_samples_and_small_ones_stay_cheap():
+    for preset in ("paper-mixing", "paper-sylvester", "paper-residual"):
+        assert TrainConfig.for_preset(preset).iw_samples == 1000, preset
+    for preset in ("tiny", "small-mixing", "small-sylvester"):
+        assert TrainConfig.for_preset(preset).iw_samples == 16, preset
