@@ -17,8 +17,8 @@ Experiments (one module each; the module docstring is the protocol):
 
 Scales: ``ci`` (tiny models and data, CPU; shows the pipeline works, supports no
 conclusion), ``cpu-real`` (``mixing`` and ``residual`` only: small models on a fixed subset of
-the real CIFAR-10 downsampled to 16x16, about two minutes per run on one CPU thread, the whole
-grid about 75 minutes: ``scripts/cpu_real.sh``), ``gpu-small`` (about ten minutes per
+the real CIFAR-10 downsampled to 16x16, a minute or two per run on one CPU thread, the whole
+grid about an hour: ``scripts/cpu_real.sh``), ``gpu-small`` (about ten minutes per
 experiment on one GPU, on a fixed CIFAR-10 subset: only ``batches.meta``, ``data_batch_1``
 and ``test_batch`` are read) and ``paper`` (the official sizes and schedules). Each experiment writes
 ``<out>/<name>-<scale>.json``, ``.csv``, ``.md`` (table, parameter budget, protocol, notes

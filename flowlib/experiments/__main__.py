@@ -23,7 +23,7 @@ def main(argv=None) -> int:
         required=True,
         choices=SCALES,
         help="ci: CPU minutes, pipeline check only; cpu-real: real CIFAR-10 at 16x16 on one CPU thread "
-        "(mixing + residual ~75 min); gpu-small: ~10 min on one GPU; paper: official",
+        "(mixing + residual ~1 h); gpu-small: ~10 min on one GPU; paper: official",
     )
     p.add_argument("--seeds", type=int, default=MIN_SEEDS, help=f"seeds per arm (>= {MIN_SEEDS})")
     p.add_argument("--out", default="results", help="directory of the result files (default: results)")

@@ -84,7 +84,7 @@ SCALE_CAVEAT = {
     "ci": "**ci scale is far too small for conclusions**: tiny models, a few optimizer steps and tiny "
     "synthetic data, run on a CPU only to show that the pipeline works end to end. Do not read any "
     "ordering below as evidence for or against the papers.",
-    "cpu-real": "cpu-real scale: small models trained for about two minutes each on one CPU thread, on a "
+    "cpu-real": "cpu-real scale: small models trained for a few hundred steps (minutes) each on one CPU thread, on a "
     "fixed subset of the real CIFAR-10 **downsampled to 16x16** (2x2 average pooling): bits/dim are per "
     "dimension of the 16x16 images and must not be compared with the papers' 32x32 numbers; only the "
     "ORDERING of the arms is compared with the papers, and short training can order arms differently "
