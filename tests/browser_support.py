@@ -41,7 +41,6 @@ __all__ = [
     "LabNotebook",
     "chromium_path",
     "launch_chromium",
-    "set_quick",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,18 +90,6 @@ def launch_chromium(playwright, executable: str | None = None, env: dict[str, st
         )
     except Exception as err:  # Playwright raises its own Error type with the browser's stderr inside.
         pytest.fail(f"chromium at {path} could not start under Playwright:\n{err}", pytrace=False)
-
-
-def set_quick(notebook: Path) -> None:
-    """Set ``quick = True`` in the papermill ``parameters`` cell of ``notebook`` (in place)."""
-    nb = json.loads(notebook.read_text())
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert cells, f"{notebook.name} has no cell tagged 'parameters'"
-    source = "".join(cells[0]["source"])
-    new, count = re.subn(r"^quick\s*=\s*False\b", "quick = True", source, flags=re.MULTILINE)
-    assert count == 1, f"{notebook.name}: parameters cell has no line `quick = False`:\n{source}"
-    cells[0]["source"] = new.splitlines(keepends=True)
-    notebook.write_text(json.dumps(nb, indent=1))
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """The notebooks' widgets in real JupyterLab in headless chromium, used the way a learner uses them.
 
-For each case: start an isolated JupyterLab, open the notebook (``quick = True`` in its parameters cell),
+For each case: start an isolated JupyterLab, open the notebook as shipped,
 Run All, check that no cell shows a traceback, press ArrowRight on a widget slider, and check that the slider's
 readout and the plotly plot (trace data and rendered SVG marks) changed. Screenshots of the widget's cell
 output before and after the move go to ``artifacts/browser/``. JupyterLab and its kernels are shut down even
@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from browser_support import ARTIFACTS, MARKER, REPO, JupyterLab, LabNotebook, launch_chromium, set_quick
+from browser_support import ARTIFACTS, MARKER, REPO, JupyterLab, LabNotebook, launch_chromium
 from playwright.sync_api import sync_playwright
 
 NOTEBOOKS = REPO / "notebooks"
@@ -55,7 +55,6 @@ def test_slider_moves_plot(notebook, hook, slider_name, shot, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lab = JupyterLab(tmp_path / "lab")
     shutil.copytree(NOTEBOOKS, lab.root / "notebooks")
-    set_quick(lab.root / "notebooks" / notebook)
     clock = Timer()
     with lab, sync_playwright() as playwright:
         clock.lap("jupyterlab")
