@@ -55,23 +55,23 @@ def kernel_path(share: Path) -> str:
     return str(share)
 
 
+def _set_environ(changes: dict[str, str | None]) -> None:
+    for k, v in changes.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def environ(**changes: str | None) -> Iterator[None]:
     """Set (a string) or unset (``None``) environment variables for the block, then restore them."""
     saved = {k: os.environ.get(k) for k in changes}
     try:
-        for k, v in changes.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(changes)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(saved)
 
 
 def execute(path: Path, executed: Path, parameters: dict | None = None, cell_timeout: int = LIMIT_S) -> float:
