@@ -2,7 +2,8 @@
 
 Each trial starts ``python -m flowlib.train`` (tiny preset on digits, one thread, deterministic
 algorithms), sends it SIGKILL, SIGTERM, one SIGINT or two SIGINTs 0-100 ms apart at a random
-moment (start-up, training, a checkpoint write, the final evaluation), waits for it to end, then
+moment (a quarter in start-up, the rest uniform over training, checkpoint writes and the final
+evaluation, as timed on an uninterrupted reference run), waits for it to end, then
 continues with ``--resume`` (or starts afresh with ``--overwrite`` when no checkpoint was written)
 until a run finishes. The finished run must equal the reference: every tensor of ``last.pt``
 (model, optimizer state), every logged train/test bpd, the final test bpd. Also counted: a
@@ -76,6 +77,23 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH
 
 def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
+
+
+def _reference(out: Path, steps: int) -> tuple[float, float]:
+    """Run the reference; return (seconds until its first metrics line, seconds in all)."""
+    log = out.with_name(out.name + ".stderr")
+    t0 = time.perf_counter()
+    with open(log, "w") as f:  # a file, not a pipe: nothing blocks while we poll
+        p = subprocess.Popen(command(out, steps, "--overwrite"), stdout=subprocess.DEVNULL, stderr=f, env=ENV, cwd=ROOT)
+        first = None
+        while p.poll() is None:
+            if first is None and (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size:
+                first = time.perf_counter() - t0
+            time.sleep(0.02)
+    if p.returncode != 0:
+        raise RuntimeError(f"the reference run failed (exit {p.returncode}):\n{log.read_text()}")
+    total = time.perf_counter() - t0
+    return (first or total), total
 
 
 def outcome(out: Path) -> dict:
@@ -184,7 +202,7 @@ def trial(work: Path, steps: int, kind: str, delay: float, gap: float, reference
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50, help="interruptions (signals delivered to a running trainer)")
-    parser.add_argument("--steps", type=int, default=60, help="training steps of every run")
+    parser.add_argument("--steps", type=int, default=150, help="training steps of every run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kinds and moments")
     parser.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -196,22 +214,22 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    ref = _run(command(work / "reference", args.steps, "--overwrite"))
-    if ref.returncode != 0:
-        print(ref.stderr, file=sys.stderr)
-        return 2
-    span = time.perf_counter() - t0  # start-up, training and the final evaluation of one run
+    start, span = _reference(work / "reference", args.steps)  # start-up, then training and final evaluation
     reference = outcome(work / "reference")
-    print(f"reference: {args.steps} steps in {span:.1f} s; interrupting at random moments in [0, {span:.1f}] s")
+    print(
+        f"reference: first step logged at {start:.1f} s, {args.steps} steps done at {span:.1f} s; a quarter of "
+        f"the signals come at random in the start-up [0, {start:.1f}] s, the others in [{start:.1f}, {span:.1f}] s"
+    )
 
     counts, results, i = Counter(), [], 0
     while i < args.trials:
         kind = KINDS[i % len(KINDS)] if i < len(KINDS) else rng.choice(KINDS)
-        r = trial(work, args.steps, kind, rng.uniform(0.0, span), rng.uniform(0.0, 0.1), reference)
-        if "finished" in r:  # the machine got faster: interrupt within the shorter span from now on
-            span = min(span, r["finished"])
+        delay = rng.uniform(0.0, start) if rng.random() < 0.25 else rng.uniform(start, span)
+        r = trial(work, args.steps, kind, delay, rng.uniform(0.0, 0.1), reference)
+        if "finished" in r:  # the machine got faster: shrink both windows by the same factor
+            start, span = start * r["finished"] / span, r["finished"]
             ended = f"came after the run ended ({r['finished']:.1f} s)"
-            print(f"    {kind:9s} at {r['delay']:6.3f} s {ended}; span now {span:.1f} s", flush=True)
+            print(f"    {kind:9s} at {r['delay']:6.3f} s {ended}; windows now [0, {start:.1f}], [.., {span:.1f}] s")
             continue
         i += 1
         results.append(r)
