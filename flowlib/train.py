@@ -1085,4 +1085,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late Ctrl-C: no traceback while Python shuts down
+    sys.exit(code)

@@ -169,15 +169,18 @@ def phase(code: int, err: str) -> str:
 
 
 def trial(work: Path, steps: int, kind: str, delay: float, gap: float, reference: dict) -> dict:
-    """One interruption and the resumes after it; returns what happened."""
+    """One interruption and the resumes after it; returns what happened (stderr kept in ``work``)."""
+    trial.count += 1
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
     code, err, finished = _interrupt(command(out, steps), kind, delay, gap)
     if finished is not None:  # the run ended before the signal: no interruption, only a shorter span next time
         return {"kind": kind, "delay": round(delay, 3), "finished": finished}
-    # Python's own KeyboardInterrupt traceback while it still imports torch (before any flowlib.train
-    # code runs, nothing written yet) is counted apart from a traceback of the trainer.
-    importing = "Traceback" in err and 'flowlib/train.py", line' not in err and "KeyboardInterrupt" in err
+    (work / f"trial{trial.count:02d}.stderr").write_text(err)
+    # Python's own KeyboardInterrupt traceback while ``python -m`` still imports the flowlib package
+    # and torch (runpy's _get_module_details; no trainer code has run, nothing is written) is
+    # counted apart from a traceback of the trainer.
+    importing = "Traceback" in err and "in _get_module_details" in err
     result = {"kind": kind, "delay": round(delay, 3), "code": code, "importing": importing, "phase": phase(code, err)}
     result.update(traceback="Traceback" in err and not importing, false="")
     claim = re.search(r"last\.pt holds step (\d+)", err)
@@ -197,6 +200,9 @@ def trial(work: Path, steps: int, kind: str, delay: float, gap: float, reference
         return result
     result["diff"] = same(outcome(out), reference)
     return result
+
+
+trial.count = 0
 
 
 def main(argv=None) -> int:
