@@ -945,12 +945,15 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
                     f"{summary['images_per_s']:.0f} img/s | {summary['wall_s']:.1f} s | {n_params:,} params | {out}"
                 )
     except KeyboardInterrupt:
+        if interrupted:  # a second signal while summary.json and the plot of a stopped run were written
+            what = f"interrupted at step {step}: {saved}; summary.json or bpd_curve.png may be missing"
+        else:
+            what = (
+                f"interrupted after the training steps (step {step}): {saved}; the final evaluation, samples "
+                "or summary.json may be missing"
+            )
         summary["interrupted"] = True
-        print(
-            f"interrupted after the training steps (step {step}): {saved}; the final evaluation, samples or "
-            "summary.json may be missing: run the same command with --resume to write them",
-            file=sys.stderr,
-        )
+        print(f"{what}: run the same command with --resume to write them", file=sys.stderr)
     finally:
         stop.quiet = True
         _close(bar, old_amp, old_det, metrics if master else None, writer, own_group)

@@ -144,3 +144,17 @@ def test_signal_after_the_last_step_leaves_a_complete_last_pt(tmp_path, monkeypa
     monkeypatch.undo()
     _assert_exact(out, train(_cfg(out, resume=True)), reference)  # --resume writes the final outputs
     assert json.loads((out / "summary.json").read_text())["test_bpd"] == reference["test_bpd"]
+
+
+def test_second_signal_while_a_stopped_run_writes_its_summary(tmp_path, monkeypatch, capsys, reference):
+    out = tmp_path / "run"
+    _signals_at_call(monkeypatch, torch.optim.Adamax, "step", 5, [signal.SIGINT])
+    _signals_at_call(monkeypatch, trainer, "_plot_curves", 1, [signal.SIGINT])
+    s = train(_cfg(out))
+    assert s["interrupted"] and _step(out) == 5
+    err = capsys.readouterr().err
+    assert re.search(
+        r"interrupted at step 5: .*last.pt holds step 5; summary.json or bpd_curve.png may be missing", err
+    )
+    monkeypatch.undo()
+    _assert_exact(out, train(_cfg(out, resume=True)), reference)
