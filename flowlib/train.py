@@ -160,7 +160,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"mixing": "emerging"}
     # data
     dataset: str = "digits"  # cifar10 | digits | synthetic
-    data_dir: str | None = None  # cifar10: the extracted cifar-10-batches-py (or its parent)
+    data_dir: str | None = None  # cifar10: cifar-10-batches-py (or its parent); None: flowlib.data.find_cifar10
     download: bool = False  # cifar10: fetch the official archive into data_dir when missing
     flip: bool = True  # random horizontal flips
     # optimisation
@@ -231,11 +231,6 @@ class TrainConfig:
             raise ConfigError(f"model must be a dict of ModelConfig overrides, got {self.model!r}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise ConfigError(f'out (--out) must name a directory for the run, e.g. "runs/flow"; got {self.out!r}')
-        if self.dataset == "cifar10" and self.data_dir is None and not self.download:
-            raise ConfigError(
-                "--dataset cifar10 needs --data-dir pointing to the extracted cifar-10-batches-py "
-                "(or --download to fetch it)"
-            )
 
 
 # Settings a --resume may change (they do not change what the run computes step by step);
@@ -1031,12 +1026,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_arguments(group, skip=()) -> None:
     """One flag per ModelConfig field (default None: keep the preset's value); also used by flowlib.bench."""
     from flowlib.models import ModelConfig
-    from flowlib.models.config import COUPLINGS, MIXINGS, MODEL_TYPES
+    from flowlib.models.config import COUPLINGS, DEQUANT_ENCODERS, LAYOUTS, MIXINGS, MODEL_TYPES
 
     choices = {
         "model_type": MODEL_TYPES,
         "mixing": MIXINGS,
-        "dequant_mixing": MIXINGS,
+        "dequant_mixing": (*MIXINGS, "same"),
+        "layout": LAYOUTS,
+        "dequant_encoder": DEQUANT_ENCODERS,
         "coupling": tuple(COUPLINGS),
         "net": ("conv", "densenet"),
         "dequant": ("uniform", "flow"),

@@ -156,12 +156,14 @@ def test_lr_schedules():
         (["--preset", "huge"], r"invalid choice: 'huge' \(choose from .*paper-mixing"),
         (["--steps", "ten"], r"argument --steps: invalid int value: 'ten'"),
         (["--on-nonfinite", "ignore"], r"invalid choice: 'ignore' \(choose from .*skip"),
-        (["--dataset", "cifar10"], r"cifar10 needs --data-dir"),
+        (["--dataset", "cifar10"], r"default location\) does not exist.*--data-dir.*FLOWLIB_DATA"),
         (["--dataset", "cifar10", "--data-dir", "{tmp}/nowhere"], r"nowhere.*does not exist.*--download"),
         (["--dataset", "digits", "--n-levels", "4"], r"bad model configuration.*divisible by 2\*\*n_levels"),
     ],
 )
-def test_cli_errors_exit_2_with_a_helpful_message(argv, message, tmp_path, capsys):
+def test_cli_errors_exit_2_with_a_helpful_message(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FLOWLIB_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/flowlib: CIFAR-10 is nowhere by convention
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(tmp_path / "o"), "--progress", "false"]
     with pytest.raises(SystemExit) as e:
         main(argv)
