@@ -524,6 +524,7 @@ def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, d
     from flowlib.train import NonFiniteError, TrainConfig
     from flowlib.train import train as train_fn
 
+    resume = (run_dir / "train" / "last.pt").exists()  # an unfinished run continues; one without a checkpoint restarts
     cfg = TrainConfig.for_preset(
         preset,
         **{"n_samples": 4, "temperatures": (1.0,), "progress": False, "iw_samples": 0, **train},
@@ -531,7 +532,8 @@ def image_run(preset: str, model: dict, train: dict, seed: int, run_dir: Path, d
         seed=seed,
         device=device,
         out=str(run_dir / "train"),
-        resume=(run_dir / "train" / "last.pt").exists(),
+        resume=resume,
+        overwrite=not resume,
         on_nonfinite="stop",
     )
     record = {
