@@ -20,10 +20,12 @@ from flowlib.experiments.common import (
     ExperimentError,
     check_budget,
     cifar_subset,
+    diff_note,
     diverged_notes,
     image_budget,
     image_scale,
     match_budget,
+    ordering,
     paper_note,
     protocol_text,
 )
@@ -235,7 +237,7 @@ def test_cpu_real_pipeline_on_a_cifar_format_directory(tmp_path, tiny_cpu_real):
         assert spec["model"]["image_shape"] == [3, 16, 16]
         notes = result["notes"]
         assert notes[0].startswith("cpu-real scale") and "must not be compared" in notes[0]
-        assert any(n.startswith(("Agrees with the paper", "DISAGREES with the paper")) for n in notes)
+        assert any(n.startswith(("Agrees with", "DISAGREES with", "Not resolved by these seeds")) for n in notes)
         assert all(paths[name][ext].exists() for ext in ("md", "csv", "png"))
     notes = json.loads(paths["mixing"]["json"].read_text())["notes"]
     assert any(n.startswith("Official fixed terms (6 train / 13 eval)") for n in notes)
@@ -265,6 +267,23 @@ def test_paper_note_wording_by_scale():
     assert "does not hold" in paper_note("ci", False, "a beats b", "x")
     assert paper_note("cpu-real", True, "a beats b", "x") == "Agrees with the paper (a beats b): x."
     assert paper_note("paper", False, "a beats b", "x") == "DISAGREES with the paper (a beats b): x."
+    within = paper_note("cpu-real", True, "a beats b", "x", resolved=False)
+    assert within.startswith("Not resolved by these seeds (a beats b): the means follow") and "Agrees" not in within
+    assert "do not follow" in paper_note("cpu-real", False, "a beats b", "x", resolved=False)
+
+
+def test_ordering_claims_agreement_only_beyond_the_seed_noise():
+    def rows(**means_stds):
+        return {k: {"label": k, "test_bpd_mean": m, "test_bpd_std": sd} for k, (m, sd) in means_stds.items()}
+
+    clear = rows(a=(5.0, 0.01), b=(5.2, 0.01), c=(5.3, 0.02))
+    assert ordering([diff_note(clear, "test_bpd", "a", x) for x in "bc"])[:2] == (True, True)
+    close = rows(a=(5.0, 0.05), b=(5.02, 0.05), c=(5.3, 0.02))
+    assert ordering([diff_note(close, "test_bpd", "a", x) for x in "bc"])[:2] == (True, False)
+    against = rows(a=(5.3, 0.01), b=(5.0, 0.01), c=(5.31, 0.05))
+    assert ordering([diff_note(against, "test_bpd", "a", x) for x in "bc"])[:2] == (False, True)
+    mixed = rows(a=(5.1, 0.05), b=(5.09, 0.05), c=(5.3, 0.02))
+    assert ordering([diff_note(mixed, "test_bpd", "a", x) for x in "bc"])[:2] == (False, False)
 
 
 def test_shared_settings_and_notes():

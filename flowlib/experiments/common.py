@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -61,6 +62,8 @@ __all__ = [
     "image_data",
     "spec_of",
     "diff_note",
+    "Comparison",
+    "ordering",
     "mean_std",
     "log_line",
     "SCALE_CAVEAT",
@@ -362,18 +365,41 @@ def diverged_notes(rows: list[dict]) -> list[str]:
     return [f"Runs that diverged (left out of the means): {listing}."]
 
 
-def paper_note(scale: str, holds: bool, claim: str, detail: str) -> str:
-    """One note comparing an ordering with a paper's ``claim``, worded by scale.
+def paper_note(scale: str, holds: bool, claim: str, detail: str, resolved: bool = True) -> str:
+    """One note comparing an ordering with a paper's ``claim``, worded by scale and by seed noise.
 
     At ``ci`` scale the numbers are no evidence, so the note only reports whether the
-    ordering holds in them ("Ordering only, ci scale ..."); at the other scales it says
-    ``Agrees with the paper`` or ``DISAGREES with the paper``. ``detail`` (gaps and seed
-    stds, :func:`diff_note`) follows.
+    ordering holds in them ("Ordering only, ci scale ..."). At the other scales it says
+    ``Agrees with the paper`` or ``DISAGREES with the paper`` only when ``resolved`` (the
+    deciding gaps exceed the pooled seed std, see :func:`ordering`), and otherwise
+    ``Not resolved by these seeds``: the means' ordering is reported but claims nothing.
+    ``detail`` (gaps and seed stds, :func:`diff_note`) follows.
     """
     if scale == "ci":
         verdict = "holds" if holds else "does not hold"
         return f"Ordering only, ci scale (no evidence either way): '{claim}' {verdict} in these numbers: {detail}."
+    if not resolved:
+        means = "follow" if holds else "do not follow"
+        return (
+            f"Not resolved by these seeds ({claim}): the means {means} the paper's ordering, "
+            f"but a deciding gap is within the pooled seed std: {detail}."
+        )
     return f"{'Agrees with the paper' if holds else 'DISAGREES with the paper'} ({claim}): {detail}."
+
+
+def ordering(comparisons: list[Comparison]) -> tuple[bool, bool, str]:
+    """``(holds, resolved, detail)`` of a paper's claim that arm ``a`` beats each ``b`` of the comparisons.
+
+    ``holds``: ``a`` has the better mean in every comparison. ``resolved``: if it holds, every
+    gap exceeds the pooled seed std; if not, some comparison goes against the paper by more
+    than the pooled seed std. ``detail`` joins the comparisons' sentences.
+    """
+    holds = all(c.better for c in comparisons)
+    if holds:
+        resolved = all(c.resolved for c in comparisons)
+    else:
+        resolved = any(c.resolved and not c.better for c in comparisons)
+    return holds, resolved, "; ".join(c.text for c in comparisons)
 
 
 def protocol_text(doc: str, this_run: str) -> str:
@@ -807,17 +833,29 @@ def spec_of(data: dict, **parts) -> dict:
     return {"data": {k: v for k, v in data.items() if k != "data_dir"}, **parts}
 
 
-def diff_note(rows: dict[str, dict], metric: str, a: str, b: str, lower_better: bool = True) -> tuple[bool, str]:
-    """Whether arm ``a`` beats arm ``b`` on ``metric`` (means), and a sentence with the gap and the stds."""
+class Comparison(NamedTuple):
+    """Arm ``a`` against arm ``b`` on one metric (:func:`diff_note`)."""
+
+    better: bool  # a's mean is better than b's
+    resolved: bool  # the gap exceeds the pooled seed std
+    text: str  # both means, the gap and the pooled std, in a sentence
+
+
+def diff_note(rows: dict[str, dict], metric: str, a: str, b: str, lower_better: bool = True) -> Comparison:
+    """Whether arm ``a`` beats arm ``b`` on ``metric`` (means), beyond the seed noise, and a sentence saying so."""
     ra, rb = rows[a], rows[b]
     ma, mb = ra[f"{metric}_mean"], rb[f"{metric}_mean"]
     if not (math.isfinite(ma) and math.isfinite(mb)):
-        return False, f"{ra['label']} vs {rb['label']}: not comparable (a mean is missing: all seeds diverged)"
+        return Comparison(
+            False, False, f"{ra['label']} vs {rb['label']}: not comparable (a mean is missing: all seeds diverged)"
+        )
     better = ma < mb if lower_better else ma > mb
     sa, sb = ra[f"{metric}_std"], rb[f"{metric}_std"]
     pooled = math.sqrt(((sa if math.isfinite(sa) else 0) ** 2 + (sb if math.isfinite(sb) else 0) ** 2) / 2)
-    size = "larger" if abs(ma - mb) > pooled else "smaller"
-    return better, (
+    resolved = abs(ma - mb) > pooled
+    return Comparison(
+        better,
+        resolved,
         f"{ra['label']} {fmt(ma, 4)} vs {rb['label']} {fmt(mb, 4)} (gap {fmt(abs(ma - mb), 4)}, "
-        f"{size} than the pooled seed std {fmt(pooled, 4)})"
+        f"{'larger' if resolved else 'smaller'} than the pooled seed std {fmt(pooled, 4)})",
     )

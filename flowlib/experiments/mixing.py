@@ -56,6 +56,7 @@ from .common import (
     image_scale,
     markdown_table,
     mean_std,
+    ordering,
     paper_note,
     write_results,
 )
@@ -131,11 +132,11 @@ def run(
     notes.append("Ranking by mean test bpd (best first): " + ", ".join(r["arm"] for r in ranking) + ".")
     candidates = [a for a in ("convexp", "convexp-official") if a in by]
     for arm in candidates:
-        wins = [diff_note(by, "test_bpd", arm, b) for b in PAPER_ARMS]
+        holds, resolved, detail = ordering([diff_note(by, "test_bpd", arm, b) for b in PAPER_ARMS])
         claim = f"{by[arm]['label']} has a lower test bpd than 1x1, emerging and Woodbury"
-        notes.append(paper_note(scale, all(w for w, _ in wins), claim, "; ".join(t for _, t in wins)))
+        notes.append(paper_note(scale, holds, claim, detail, resolved))
     if len(candidates) == 2:
-        _, text = diff_note(by, "test_bpd", "convexp-official", "convexp")
+        text = diff_note(by, "test_bpd", "convexp-official", "convexp").text
         notes.append(f"Official fixed terms (6 train / 13 eval) vs flowlib's tolerance-derived terms: {text}.")
     notes += diverged_notes(rows)
 

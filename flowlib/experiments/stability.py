@@ -108,8 +108,8 @@ def _coupling_notes(by: dict, lrs, scale: str) -> list[str]:
         holds = sum(exp) < sum(affine) and not any(e > a for a, e in zip(affine, exp, strict=True))
         notes = [paper_note(scale, holds, claim, f"diverged runs {listing}")]
     for lr in lrs:
-        ok, text = diff_note(by, "test_bpd", f"exp-lr{lr:g}", f"affine-lr{lr:g}")
-        notes.append(f"Final test bpd at lr {lr:g} ({'exp lower' if ok else 'exp not lower'}): {text}.")
+        c = diff_note(by, "test_bpd", f"exp-lr{lr:g}", f"affine-lr{lr:g}")
+        notes.append(f"Final test bpd at lr {lr:g} ({'exp lower' if c.better else 'exp not lower'}): {c.text}.")
     return notes
 
 
