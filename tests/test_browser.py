@@ -55,6 +55,7 @@ def test_slider_moves_plot(notebook, hook, slider_name, shot, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lab = JupyterLab(tmp_path / "lab")
     shutil.copytree(NOTEBOOKS, lab.root / "notebooks")
+    shutil.copytree(REPO / "results", lab.root / "results")  # notebooks read the committed results (../results)
     clock = Timer()
     with lab, sync_playwright() as playwright:
         clock.lap("jupyterlab")
