@@ -116,16 +116,6 @@ TRAIN_PRESETS: dict[str, dict] = {
         save_every=1000,
         iw_samples=1000,
     ),
-    "paper-residual": dict(
-        batch_size=256,
-        lr=1e-3,
-        warmup_epochs=10.0,
-        lr_decay=0.995,
-        grad_clip=1.0,
-        eval_every=2000,
-        save_every=1000,
-        iw_samples=1000,
-    ),
     "small-mixing": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, eval_every=1000, save_every=500),
     "small-sylvester": dict(
         batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, grad_clip=1.0, eval_every=1000, save_every=500
@@ -141,6 +131,7 @@ TRAIN_PRESETS: dict[str, dict] = {
         n_samples=36,
     ),
 }
+TRAIN_PRESETS["paper-residual"] = TRAIN_PRESETS["paper-sylvester"]  # the same schedule for the residual baseline
 
 CHOICES = {
     "dataset": data.DATASETS,
