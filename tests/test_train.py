@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_support import tiny_config
 
 from flowlib.train import ConfigError, NonFiniteError, TrainConfig, lr_factor, main, train
 
@@ -22,20 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _cfg(out, **kw):
-    base = dict(
-        dataset="digits",
-        steps=6,
-        batch_size=32,
-        log_every=2,
-        eval_every=3,
-        save_every=3,
-        eval_images=64,
-        n_samples=4,
-        temperatures=(0.5, 1.0),
-        progress=False,
-        out=str(out),
-    )
-    return TrainConfig.for_preset("tiny", **{**base, **kw})
+    return tiny_config(out, **{"temperatures": (0.5, 1.0), **kw})
 
 
 def _metrics(out):

@@ -13,30 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_support import tiny_config
 
 import flowlib.train as trainer
 from flowlib import data
-from flowlib.train import TrainConfig, main, train
+from flowlib.train import main, train
 
 STEPS = 6
 
 
 def _cfg(out, **kw):
-    base = dict(
-        dataset="digits",
-        steps=STEPS,
-        batch_size=32,
-        log_every=1,
-        eval_every=3,
-        save_every=3,
-        eval_images=64,
-        n_samples=4,
-        temperatures=(1.0,),
-        deterministic=True,
-        progress=False,
-        out=str(out),
-    )
-    return TrainConfig.for_preset("tiny", **{**base, **kw})
+    return tiny_config(out, **{"steps": STEPS, "log_every": 1, "deterministic": True, **kw})
 
 
 def _curve(out):

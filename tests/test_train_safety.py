@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_support import tiny_config
 
 from flowlib import rundir
 from flowlib.train import ConfigError, DivergedError, NonFiniteError, TrainConfig, main, train
@@ -25,20 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(out, **kw):
-    base = dict(
-        dataset="digits",
-        steps=4,
-        batch_size=32,
-        log_every=2,
-        eval_every=2,
-        save_every=2,
-        eval_images=64,
-        n_samples=4,
-        temperatures=(1.0,),
-        progress=False,
-        out=str(out),
-    )
-    return TrainConfig.for_preset("tiny", **{**base, **kw})
+    return tiny_config(out, **{"steps": 4, "eval_every": 2, "save_every": 2, **kw})
 
 
 def _strict(text: str):
