@@ -8,19 +8,19 @@ Core contract (see :mod:`flowlib.core`)::
 Build any layer by name with :func:`flowlib.layers.make`.
 """
 
-from . import amp, data, functional, layers, linalg, models, nets
+from . import data, functional, layers, linalg, models, nets, precision
 from .core import Flow, Sequential, get_validation, set_validation, validation
 
 __all__ = [
     "Flow",
     "Sequential",
-    "amp",
     "data",
     "functional",
     "layers",
     "linalg",
     "models",
     "nets",
+    "precision",
     "set_validation",
     "get_validation",
     "validation",

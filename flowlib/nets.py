@@ -3,7 +3,7 @@
 Every network maps ``[B, C_in, H, W] -> [B, C_out, H, W]`` (any ``H, W``), ends in a
 zero-initialised convolution (so a coupling built on it starts at the identity) and
 returns its output in the dtype of its input. Callers run them inside
-:func:`flowlib.amp.conditioner_autocast`; only element-wise ops, ``conv2d`` and
+:func:`flowlib.precision.conditioned`; only element-wise ops, ``conv2d`` and
 channel concatenation are used, so ``channels_last`` inputs stay ``channels_last``.
 
 * :class:`ConvNet` - Glow's small conditioner: 3x3 conv, ReLU, 1x1 conv, ReLU, zero 3x3 conv.

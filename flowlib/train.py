@@ -7,7 +7,8 @@ A CPU run (seconds on 2 cores; ``bash scripts/demo.sh`` runs it with 2000 steps)
 The paper's mixing model on CIFAR-10 on one GPU, and on 8 GPUs with torchrun::
 
     python -m flowlib.train --preset paper-mixing --mixing convexp --dataset cifar10 \\
-        --data-dir ../shared/data/cifar-10-batches-py --steps 200000 --amp bf16 --compile --out runs/convexp
+        --data-dir ../shared/data/cifar-10-batches-py --steps 200000 --conditioner-dtype bfloat16 --compile \\
+        --out runs/convexp
     torchrun --standalone --nproc_per_node 8 -m flowlib.train --preset paper-mixing ...
 
 Any field of :class:`TrainConfig` and of :class:`flowlib.models.ModelConfig` is a flag
@@ -72,7 +73,7 @@ import torch.distributed as dist
 from torch import nn
 
 import flowlib
-from flowlib import amp, data, rundir
+from flowlib import cli, data, precision, rundir
 from flowlib.validate import ConfigError, check_int, check_number, check_numbers
 
 __all__ = [
@@ -138,7 +139,7 @@ CHOICES = {
     "optimizer": ("adamax", "adamw"),
     "on_nonfinite": ("stop", "skip"),
     "device": ("auto", "cuda", "cpu"),
-    "amp": ("none", "bf16"),
+    "conditioner_dtype": tuple(precision.CONDITIONER_DTYPES),
 }
 
 
@@ -183,7 +184,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
     # system
     device: str = "auto"  # auto | cuda | cpu
-    amp: str = "none"  # none | bf16 (conditioner networks only; log-dets and series stay float32)
+    conditioner_dtype: str = "float32"  # float32 | bfloat16 (conditioner networks only; log-dets stay float32)
     compile: bool = False  # torch.compile the model's loss
     channels_last: bool = True  # CUDA only
     seed: int = 0
@@ -486,10 +487,9 @@ class _StopRequests:
         self.old = {}
 
 
-def _close(bar, old_amp, old_det: bool, metrics, writer, own_group: bool) -> None:
+def _close(bar, old_det: bool, metrics, writer, own_group: bool) -> None:
     """Release what a run holds: progress bar, global settings, files, process group."""
     bar.close()
-    amp.set_conditioner_dtype(old_amp)
     torch.use_deterministic_algorithms(old_det)
     if metrics is not None:
         metrics.close()
@@ -648,6 +648,7 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
+    precision.set_conditioner_dtype(model, cfg.conditioner_dtype)
 
     # ---- data-dependent init (actnorm) on every rank BEFORE DDP; actnorm all-reduces its statistics
     torch.manual_seed(cfg.seed + rank)  # per-rank dequantization noise
@@ -759,8 +760,6 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and master), unit="step", dynamic_ncols=True)
-    old_amp = amp.get_conditioner_dtype()
-    amp.set_conditioner_dtype(torch.bfloat16 if cfg.amp == "bf16" else None)
     last_saved = ckpt["step"] if ckpt else None
     skips, interrupted, aborted = 0, False, False
     sums, t_log, n_log, train_time = [0.0, 0.0], time.perf_counter(), 0, 0.0
@@ -874,7 +873,7 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
         interrupted = aborted = True
     except BaseException:
         stop.quiet = True
-        _close(bar, old_amp, old_det, metrics if master else None, writer, own_group)
+        _close(bar, old_det, metrics if master else None, writer, own_group)
         raise
     bar.close()
 
@@ -942,7 +941,7 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
         print(f"{what}: run the same command with --resume to write them", file=sys.stderr)
     finally:
         stop.quiet = True
-        _close(bar, old_amp, old_det, metrics if master else None, writer, own_group)
+        _close(bar, old_det, metrics if master else None, writer, own_group)
     summary["model"] = model
     return summary
 
@@ -950,51 +949,6 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-
-
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
-def _tuple_of(kind):
-    def parse(s: str) -> tuple:
-        try:
-            return tuple(kind(v) for v in s.strip("()[] ").split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {s!r}") from None
-
-    parse.__name__ = f"{kind.__name__} list"
-    return parse
-
-
-def _json_dict(s: str) -> dict:
-    try:
-        v = json.loads(s)
-    except json.JSONDecodeError:
-        v = None
-    if not isinstance(v, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"terms\": 6}}', got {s!r}")
-    return v
-
-
-def _add_field(group, f: dataclasses.Field, default, choices=None) -> None:
-    dashed = f"--{f.name.replace('_', '-')}"
-    names = [dashed] if "_" not in f.name else [dashed, f"--{f.name}"]  # --data-dir and --data_dir
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    kw = {"dest": f.name, "default": default, "choices": choices}
-    if kind == "bool":
-        kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
-    elif kind in ("int", "float"):
-        kw["type"] = int if kind == "int" else float
-    elif kind == "tuple" or kind.startswith("tuple"):
-        kw["type"] = _tuple_of(int if "int" in kind else float)
-    elif kind == "dict":
-        kw["type"] = _json_dict
-    group.add_argument(*names, **kw, help=argparse.SUPPRESS if f.name == "model" else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1009,30 +963,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (TrainConfig; preset defaults from flowlib.train.TRAIN_PRESETS)")
     for f in dataclasses.fields(TrainConfig):
         if f.name != "model":
-            _add_field(g, f, None, choices=sorted(PRESETS) if f.name == "preset" else CHOICES.get(f.name))
-    _add_model_arguments(p.add_argument_group("model (ModelConfig overrides of the preset)"))
+            cli.add_field(g, f, None, choices=sorted(PRESETS) if f.name == "preset" else CHOICES.get(f.name))
+    cli.add_model_arguments(p.add_argument_group("model (ModelConfig overrides of the preset)"))
     return p
-
-
-def _add_model_arguments(group, skip=()) -> None:
-    """One flag per ModelConfig field (default None: keep the preset's value); also used by flowlib.bench."""
-    from flowlib.models import ModelConfig
-    from flowlib.models.config import COUPLINGS, DEQUANT_ENCODERS, LAYOUTS, MIXINGS, MODEL_TYPES
-
-    choices = {
-        "model_type": MODEL_TYPES,
-        "mixing": MIXINGS,
-        "dequant_mixing": (*MIXINGS, "same"),
-        "layout": LAYOUTS,
-        "dequant_encoder": DEQUANT_ENCODERS,
-        "coupling": tuple(COUPLINGS),
-        "net": ("conv", "densenet"),
-        "dequant": ("uniform", "flow"),
-        "preprocess": ("centered", "logit"),
-    }
-    for f in dataclasses.fields(ModelConfig):
-        if f.name not in skip:
-            _add_field(group, f, None, choices=choices.get(f.name))
 
 
 def main(argv=None) -> int:

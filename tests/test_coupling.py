@@ -27,16 +27,6 @@ def randn(*shape, seed=2, dtype=torch.float64):
     return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def bf16_conditioners():
-    old = flowlib.amp.get_conditioner_dtype()
-    flowlib.amp.set_conditioner_dtype(torch.bfloat16)
-    try:
-        yield
-    finally:
-        flowlib.amp.set_conditioner_dtype(old)
-
-
 # -- construction -------------------------------------------------------------------------
 
 
@@ -232,8 +222,9 @@ def test_nets_keep_channels_last_and_start_at_zero(net):
 
 
 @pytest.mark.parametrize("name", COUPLINGS)
-def test_bf16_conditioner_keeps_exact_round_trip_and_float32_logdet(name, bf16_conditioners):
+def test_bf16_conditioner_keeps_exact_round_trip_and_float32_logdet(name):
     layer = build(name, shape=(4, 8, 8), dtype=torch.float32, hidden=16, scale=0.3)
+    assert flowlib.precision.set_conditioner_dtype(layer, "bfloat16") == 1
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     h = layer.condition(x[:, :2])
     assert h.dtype == torch.float32

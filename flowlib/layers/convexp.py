@@ -87,7 +87,7 @@ def _series_terms(rho: float, tol: float, terms: int | None, name: str) -> int:
     return terms
 
 
-@register("convexp")
+@register("convexp", role="mixing")
 class ConvExp(Flow):
     """Convolution exponential after a PLU 1x1 convolution (Hoogeboom et al. 2020).
 

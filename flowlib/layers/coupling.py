@@ -2,7 +2,7 @@
 
 All three split ``x = (x_a, x_b)`` along channels (``C // 2`` and ``C - C // 2``
 channels; ``swap=True`` exchanges the roles), run a conditioner network
-(:mod:`flowlib.nets`, inside :func:`flowlib.amp.conditioner_autocast`) on ``x_a``
+(:mod:`flowlib.nets`, in the layer's ``conditioner_dtype``, :mod:`flowlib.precision`) on ``x_a``
 and transform ``x_b`` with the predicted parameters; the log-determinant is that
 of the ``x_b`` map, because the Jacobian is block triangular.
 
@@ -23,10 +23,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..amp import conditioner_autocast
 from ..core import Flow
 from ..linalg import expm
 from ..nets import make_net
+from ..precision import conditioned
 from .elementwise import slog_forward, slog_inverse
 from .registry import register
 
@@ -61,6 +61,7 @@ class _Coupling(Flow):
         self.swap = bool(swap)
         self.c_a, self.c_b = self.sizes[::-1] if self.swap else self.sizes
         self.net = make_net(net, self.c_a, self._net_channels(), **net_kwargs)
+        self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
 
     def _net_channels(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -74,9 +75,7 @@ class _Coupling(Flow):
 
     def condition(self, x_a: Tensor) -> Tensor:
         """The conditioner output ``net(x_a)``, run under conditioner autocast, in ``x_a``'s dtype."""
-        with conditioner_autocast(x_a):
-            h = self.net(x_a)
-        return h.to(x_a.dtype)
+        return conditioned(self.net, x_a, self.conditioner_dtype)
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = self._split(x)
@@ -91,7 +90,7 @@ class _Coupling(Flow):
         return f"shape={self.shape}, split={self.c_a}->{self.c_b}, swap={self.swap}"
 
 
-@register("affine_coupling")
+@register("affine_coupling", role="coupling")
 class AffineCoupling(_Coupling):
     """Affine coupling: ``y_a = x_a``, ``y_b = x_b * s(x_a) + t(x_a)``.
 
@@ -136,7 +135,7 @@ class AffineCoupling(_Coupling):
         return (y_b - t) * torch.exp(-log_s)
 
 
-@register("exp_coupling")
+@register("exp_coupling", role="coupling")
 class ExpCoupling(_Coupling):
     """Matrix exponential coupling: ``y_b[:, :, i, j] = expm(A_ij(x_a)) x_b[:, :, i, j] + t_ij(x_a)``.
 
@@ -260,7 +259,7 @@ def adaptive_circular_deconv(y: Tensor, kernel: Tensor) -> Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(y) / spectrum.conj(), s=(H, W))
 
 
-@register("conf_coupling")
+@register("conf_coupling", role="coupling")
 class ConfCoupling(_Coupling):
     """CONF coupling: ``y_b = slog( s(x_a) * (w(x_a) ⋆ x_b) + t(x_a) )``.
 

@@ -44,7 +44,7 @@ def symmetric_kernel_spectrum(weight: Tensor, H: int, W: int) -> Tensor:
     return torch.einsum("ijab,au,bv->uvij", weight, cosines(H), cosines(W))
 
 
-@register("dct")
+@register("dct", role="mixing")
 class DCTConv(Flow):
     """Invertible multi-channel symmetric convolution, solved per DCT frequency (CONF, DCT form).
 

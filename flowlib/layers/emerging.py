@@ -28,7 +28,7 @@ def _raster_mask(C: int, k: int) -> Tensor:
     return mask
 
 
-@register("emerging")
+@register("emerging", role="mixing")
 class Emerging(Flow):
     """Emerging convolution: composition of two masked autoregressive ``k x k`` convolutions.
 

@@ -40,7 +40,7 @@ def circular_kernel_spectrum(kernel: Tensor, H: int, W: int) -> Tensor:
     return torch.einsum("ijab,au,bv->uvij", kernel.to(ctype), phase_h, phase_w)  # [H, W, C, C]
 
 
-@register("periodic")
+@register("periodic", role="mixing")
 class Periodic(Flow):
     """Invertible multi-channel periodic convolution, solved frequency by frequency.
 

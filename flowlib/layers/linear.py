@@ -144,7 +144,7 @@ class _ChannelMatrix(Flow):
         return (_pixels(x) * self.log_abs_det()).expand(x.shape[0])
 
 
-@register("conv1x1")
+@register("conv1x1", role="mixing")
 class Conv1x1(_ChannelMatrix):
     """Invertible 1x1 convolution with an unconstrained ``C x C`` matrix (Glow).
 
@@ -181,7 +181,7 @@ class Conv1x1(_ChannelMatrix):
         return torch.linalg.slogdet(self.W).logabsdet
 
 
-@register("conv1x1_lu")
+@register("conv1x1_lu", role="mixing")
 class Conv1x1LU(_ChannelMatrix):
     """1x1 convolution with an LU-parametrised matrix (Glow, "LU decomposed").
 
@@ -235,7 +235,7 @@ class Conv1x1LU(_ChannelMatrix):
         return self.logs.sum()
 
 
-@register("conv1x1_exp")
+@register("conv1x1_exp", role="mixing")
 class Conv1x1Exp(_ChannelMatrix):
     """1x1 convolution whose matrix is a matrix exponential (Xiao & Liu 2020).
 

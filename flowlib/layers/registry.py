@@ -12,28 +12,42 @@ from ..core import Flow
 __all__ = ["register", "make", "available", "get"]
 
 _REGISTRY: dict[str, Callable[..., Flow]] = {}
+_ROLES: dict[str, str] = {}  # name -> role, for the layers that play one in the image models
+ROLES = ("mixing", "coupling")  # mixing: a linear channel (and spatial) mixer; coupling: a coupling layer
 
 
-def register(name: str):
+def register(name: str, role: str | None = None):
     """Class decorator: make the layer buildable as ``make(name, shape=..., **kwargs)``.
 
     The class must accept ``shape`` as its first argument; its instances get
-    ``.name = name`` so that error messages use the registered name.
+    ``.name = name`` so that error messages use the registered name. ``role`` (one of
+    :data:`ROLES`) lists the layer in ``available(role)``: the image models and the
+    experiments take their mixing and coupling choices from there.
     """
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
 
     def decorate(cls):
         if name in _REGISTRY:
             raise ValueError(f"layer name {name!r} is registered twice ({_REGISTRY[name]} and {cls})")
         cls.name = name
         _REGISTRY[name] = cls
+        if role is not None:
+            _ROLES[name] = role
         return cls
 
     return decorate
 
 
-def available() -> list[str]:
-    """The sorted names accepted by :func:`make`."""
-    return sorted(_REGISTRY)
+def available(role: str | None = None) -> list[str]:
+    """The sorted names accepted by :func:`make`; with ``role``, only the layers of that role.
+
+    >>> available("coupling")
+    ['affine_coupling', 'conf_coupling', 'exp_coupling']
+    """
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
+    return sorted(n for n in _REGISTRY if role is None or _ROLES.get(n) == role)
 
 
 def get(name: str) -> Callable[..., Flow]:

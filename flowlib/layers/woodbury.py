@@ -26,7 +26,7 @@ def _low_rank_logdet(U: Tensor, V: Tensor) -> Tensor:
     return torch.linalg.slogdet(torch.eye(d, dtype=U.dtype, device=U.device) + V @ U).logabsdet
 
 
-@register("woodbury")
+@register("woodbury", role="mixing")
 class Woodbury(Flow):
     """Woodbury transformation: identity plus low rank, once along channels and once along space.
 

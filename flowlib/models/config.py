@@ -9,14 +9,28 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["ModelConfig", "PRESETS", "MODEL_TYPES", "COUPLINGS", "MIXINGS", "LAYOUTS", "DEQUANT_ENCODERS"]
+from .. import layers
+
+__all__ = ["ModelConfig", "PRESETS", "CHOICES", "MODEL_TYPES", "COUPLINGS", "MIXINGS", "LAYOUTS", "DEQUANT_ENCODERS"]
 
 MODEL_TYPES = ("glow", "sylvester", "residual", "coupling")
-# config name -> registered layer name
-COUPLINGS = {"affine": "affine_coupling", "exp": "exp_coupling", "conf": "conf_coupling"}
-MIXINGS = ("conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodbury", "periodic", "dct", "none")
+# config name -> registered layer name, from the registry's coupling layers ("affine" -> "affine_coupling")
+COUPLINGS = {name.removesuffix("_coupling"): name for name in layers.available("coupling")}
+MIXINGS = (*layers.available("mixing"), "none")  # the registry's mixing layers, or none
 LAYOUTS = ("glow", "official")
 DEQUANT_ENCODERS = ("conv", "densenet")
+# The allowed values of every choice field (validate() and the command-line flags use it).
+CHOICES: dict[str, tuple] = {
+    "model_type": MODEL_TYPES,
+    "mixing": MIXINGS,
+    "dequant_mixing": (*MIXINGS, "same"),
+    "layout": LAYOUTS,
+    "dequant_encoder": DEQUANT_ENCODERS,
+    "coupling": tuple(COUPLINGS),
+    "net": ("conv", "densenet"),
+    "dequant": ("uniform", "flow"),
+    "preprocess": ("centered", "logit"),
+}
 
 
 @dataclass
@@ -106,26 +120,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and its allowed values."""
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")
-        if self.mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
-        if self.dequant_mixing not in (*MIXINGS, "same"):
-            raise ValueError(
-                f"dequant_mixing must be 'same' (as mixing) or one of {MIXINGS}, got {self.dequant_mixing!r}"
-            )
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.dequant_encoder not in DEQUANT_ENCODERS:
-            raise ValueError(f"dequant_encoder must be one of {DEQUANT_ENCODERS}, got {self.dequant_encoder!r}")
-        if self.net not in ("conv", "densenet"):
-            raise ValueError(f"net must be 'conv' or 'densenet', got {self.net!r}")
-        if self.dequant not in ("uniform", "flow"):
-            raise ValueError(f"dequant must be 'uniform' or 'flow', got {self.dequant!r}")
-        if self.preprocess not in ("centered", "logit"):
-            raise ValueError(f"preprocess must be 'centered' or 'logit', got {self.preprocess!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if not 1 <= self.n_bits <= 8:
             raise ValueError(f"n_bits must be in 1..8 (the data is uint8), got {self.n_bits}")
         if not 0 < self.logit_alpha < 0.5:

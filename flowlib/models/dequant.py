@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..amp import conditioner_autocast
 from ..core import Flow
 from ..nets import DenseBlock, make_net
+from ..precision import conditioned
 from .mixing import make_mixing
 from .priors import standard_normal_logp
 from .reshape import unsqueeze2d
@@ -94,14 +94,13 @@ class ConditionalAffineCoupling(nn.Module):
         self.swap = swap
         c_a, c_b = self.sizes[::-1] if swap else self.sizes
         self.net = make_net(net, c_a + context_channels, 2 * c_b, **net_kwargs)
+        self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
 
     def forward(self, s: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         first, second = s.split(self.sizes, dim=1)
         s_a, s_b = (second, first) if self.swap else (first, second)
         inp = torch.cat([s_a, h], dim=1)  # [B, C_a + C_h, H, W]
-        with conditioner_autocast(inp):
-            out = self.net(inp)
-        raw, t = out.to(s.dtype).chunk(2, dim=1)  # 2 x [B, C_b, H, W]
+        raw, t = conditioned(self.net, inp, self.conditioner_dtype).chunk(2, dim=1)  # 2 x [B, C_b, H, W]
         log_s = 2.0 * torch.tanh(raw / 2.0)
         y_b = s_b * torch.exp(log_s) + t
         y = torch.cat([y_b, s_a] if self.swap else [s_a, y_b], dim=1)  # [B, C, H, W]
@@ -190,6 +189,7 @@ class FlowDequantizer(nn.Module):
         self.noise_shape = (4 * C, H // 2, W // 2)
         self.levels = 2.0**n_bits
         self.encoder = context_encoder(encoder, C, context, gated=net_kwargs.get("gated", True))
+        self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
         self.couplings = nn.ModuleList(
             ConditionalAffineCoupling(4 * C, context, swap=(mixing == "none" and k % 2 == 1), net=net, **net_kwargs)
             for k in range(n_subflows)
@@ -203,9 +203,7 @@ class FlowDequantizer(nn.Module):
     def transform(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """The bijection ``eps -> u`` for the images ``x``, and its log-determinant ``[B]``."""
         image = x / self.levels - 0.5
-        with conditioner_autocast(image):
-            h = self.encoder(image)
-        h = h.to(x.dtype)
+        h = conditioned(self.encoder, image, self.conditioner_dtype)
         s, logdet = eps, 0
         mixings = iter(self.mixings)
         if self.first_mixing:

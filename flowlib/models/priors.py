@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..amp import conditioner_autocast
 from ..nets import make_net
+from ..precision import conditioned
 
 __all__ = ["standard_normal_logp", "SplitPrior", "GaussianPrior"]
 
@@ -59,15 +59,15 @@ class SplitPrior(nn.Module):
         self.out_shape = (self.sizes[0], H, W)
         self.latent_shape = (self.sizes[1], H, W)
         self.net = make_net(net, self.sizes[0], 2 * self.sizes[1], **net_kwargs) if learned else None
+        self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
 
     def params(self, z1: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, log sigma)``, each ``[B, C - C // 2, H, W]`` (zeros when not learned)."""
         if self.net is None:
             zeros = z1.new_zeros(z1.shape[0], *self.latent_shape)
             return zeros, zeros
-        with conditioner_autocast(z1):
-            h = self.net(z1)
-        mu, raw = h.to(z1.dtype).chunk(2, dim=1)  # 2 x [B, C2, H, W]
+        h = conditioned(self.net, z1, self.conditioner_dtype)
+        mu, raw = h.chunk(2, dim=1)  # 2 x [B, C2, H, W]
         return mu, 2.0 * torch.tanh(raw / 2.0)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
