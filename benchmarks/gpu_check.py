@@ -338,8 +338,8 @@ def step_correctness(run: Run, seconds: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 CONFIGS = {  # name -> measure() arguments; "fast" also drops compile under --quick
-    "baseline": dict(amp_dtype="none", compile=False, channels_last=False),
-    "fast": dict(amp_dtype="bf16", compile=True, channels_last=True),
+    "baseline": dict(conditioner_dtype="float32", compile=False, channels_last=False),
+    "fast": dict(conditioner_dtype="bfloat16", compile=True, channels_last=True),
 }
 
 
@@ -445,7 +445,7 @@ def step_cifar(run: Run, seconds: float) -> None:
         on_nonfinite="skip",
         progress=False,
         device=run.device.type,
-        amp=cfg["amp_dtype"],
+        conditioner_dtype=cfg["conditioner_dtype"],
         compile=cfg["compile"],
         channels_last=cfg["channels_last"],
         out=str(work),
@@ -607,7 +607,7 @@ def _throughput_lines(records: list[dict]) -> list[str]:
         f"{'peak GiB':>10s}{'params':>13s}",
     ]
     for what, r, rate, ms, official in sorted(rows, key=lambda row: ["train", "eval", "sample"].index(row[0])):
-        label = f"{r['config']} ({'fp32' if r['amp'] == 'none' else r['amp']}, "
+        label = f"{r['config']} ({'fp32' if r['conditioner_dtype'] == 'float32' else 'bf16'}, "
         label += f"{'compile' if r['compile'] else 'eager'}, "
         label += f"{'NHWC' if r['channels_last'] else 'NCHW'})"
         peak = "-" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f}"

@@ -91,7 +91,7 @@ def test_quick_run_throughput_and_cifar_numbers(quick_run):
     train = {r["config"]: r for r in records if r["step"] == "train"}
     sample = {r["config"]: r for r in records if r["step"] == "sample"}
     assert set(train) == set(sample) == {"baseline", "fast", "ratio"}
-    assert train["baseline"]["amp"] == "none" and train["fast"]["amp"] == "bf16"
+    assert train["baseline"]["conditioner_dtype"] == "float32" and train["fast"]["conditioner_dtype"] == "bfloat16"
     for r in (train["baseline"], train["fast"]):
         assert r["images_per_s"] > 0 and r["ms_per_step"] > 0 and r["n_params"] > 0
         assert math.isclose(r["vs_official"], r["images_per_s"] / 493.0)

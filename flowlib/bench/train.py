@@ -3,7 +3,7 @@
 Prints one JSON line::
 
     python -m flowlib.bench train --preset paper-mixing --mixing convexp --batch-size 256 --steps 50 \\
-        --device cuda --amp bf16 --compile --baseline
+        --device cuda --conditioner-dtype bfloat16 --compile --baseline
     python -m flowlib.bench sample --preset paper-mixing --batch-size 256 --device cuda
 
 ``train`` times full optimizer steps (forward, backward, gradient norm, Adamax) on one
@@ -26,7 +26,7 @@ import time
 import torch
 
 import flowlib
-from flowlib import amp, data
+from flowlib import cli, data, precision
 
 __all__ = ["add_arguments", "run", "measure"]
 
@@ -34,7 +34,6 @@ __all__ = ["add_arguments", "run", "measure"]
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Flags of ``python -m flowlib.bench train|sample`` (plus every ModelConfig field)."""
     from flowlib.models import PRESETS
-    from flowlib.train import _add_model_arguments
 
     parser.set_defaults(bench=name)
     parser.add_argument("--preset", default="paper-mixing", choices=sorted(PRESETS))
@@ -42,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps (batches)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--amp", default="none", choices=("none", "bf16"))
+    parser.add_argument("--conditioner-dtype", default="float32", choices=tuple(precision.CONDITIONER_DTYPES))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument(
         "--no-channels-last",
@@ -56,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sample: sampling temperature")
     parser.add_argument("--seed", type=int, default=0)
     model_group = parser.add_argument_group("model (ModelConfig overrides of the preset)")
-    _add_model_arguments(model_group, skip=("image_shape",))
+    cli.add_model_arguments(model_group, skip=("image_shape",))
 
 
 def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
@@ -82,7 +81,7 @@ def measure(
     steps: int,
     warmup: int,
     device: torch.device,
-    amp_dtype: str = "none",
+    conditioner_dtype: str = "float32",
     compile: bool = False,
     channels_last: bool = True,
     temperature: float = 1.0,
@@ -100,55 +99,51 @@ def measure(
     x = data.load_synthetic(batch_size, shape=shape, seed=seed)[0].to(device)  # [B, C, H, W] uint8
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    old = amp.get_conditioner_dtype()
-    amp.set_conditioner_dtype(torch.bfloat16 if amp_dtype == "bf16" else None)
+    precision.set_conditioner_dtype(model, conditioner_dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     result = {
         "n_params": sum(p.numel() for p in model.parameters()),
-        "amp": amp_dtype,
+        "conditioner_dtype": conditioner_dtype,
         "compile": compile,
         "channels_last": channels_last,
     }
-    try:
-        with flowlib.validation("shape"):
+    with flowlib.validation("shape"):
+        with torch.no_grad():
+            model.train()(x)  # data-dependent init
+        fwd = torch.compile(model) if compile else model
+        if kind == "train":
+            opt = torch.optim.Adamax(model.parameters(), lr=1e-5, eps=1e-7)
+
+            def step():
+                loss = fwd(x).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            ms = statistics.median(_timed(step, steps, warmup, device))
+            result.update(ms_per_step=ms, images_per_s=batch_size / ms * 1e3)
+        else:
+            model.eval()
             with torch.no_grad():
-                model.train()(x)  # data-dependent init
-            fwd = torch.compile(model) if compile else model
-            if kind == "train":
-                opt = torch.optim.Adamax(model.parameters(), lr=1e-5, eps=1e-7)
-
-                def step():
-                    loss = fwd(x).mean()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-
-                ms = statistics.median(_timed(step, steps, warmup, device))
-                result.update(ms_per_step=ms, images_per_s=batch_size / ms * 1e3)
-            else:
-                model.eval()
-                with torch.no_grad():
-                    ms_eval = statistics.median(_timed(lambda: fwd(x), steps, warmup, device))
-                    g = torch.Generator(device=device).manual_seed(seed)
-                    ms_sample = statistics.median(
-                        _timed(
-                            lambda: model.sample(batch_size, temperature=temperature, generator=g),
-                            steps,
-                            min(warmup, 2),
-                            device,
-                        )
+                ms_eval = statistics.median(_timed(lambda: fwd(x), steps, warmup, device))
+                g = torch.Generator(device=device).manual_seed(seed)
+                ms_sample = statistics.median(
+                    _timed(
+                        lambda: model.sample(batch_size, temperature=temperature, generator=g),
+                        steps,
+                        min(warmup, 2),
+                        device,
                     )
-                result.update(
-                    ms_per_eval_batch=ms_eval,
-                    eval_images_per_s=batch_size / ms_eval * 1e3,
-                    ms_per_sample_batch=ms_sample,
-                    sample_images_per_s=batch_size / ms_sample * 1e3,
                 )
-    finally:
-        amp.set_conditioner_dtype(old)
+            result.update(
+                ms_per_eval_batch=ms_eval,
+                eval_images_per_s=batch_size / ms_eval * 1e3,
+                ms_per_sample_batch=ms_sample,
+                sample_images_per_s=batch_size / ms_sample * 1e3,
+            )
     result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     result["config"] = dataclasses.asdict(model.config)
     return result
@@ -187,9 +182,13 @@ def run(args: argparse.Namespace) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
     }
-    result.update(measure(**common, amp_dtype=args.amp, compile=args.compile, channels_last=args.channels_last))
+    result.update(
+        measure(
+            **common, conditioner_dtype=args.conditioner_dtype, compile=args.compile, channels_last=args.channels_last
+        )
+    )
     if args.baseline:
-        base = measure(**common, amp_dtype="none", compile=False, channels_last=False)
+        base = measure(**common, conditioner_dtype="float32", compile=False, channels_last=False)
         base.pop("config")
         result["baseline"] = base
         key = "ms_per_step" if args.bench == "train" else "ms_per_eval_batch"
