@@ -73,12 +73,11 @@ import torch.distributed as dist
 from torch import nn
 
 import flowlib
-from flowlib import cli, data, precision, rundir
+from flowlib import cli, data, precision, presets, rundir
 from flowlib.validate import ConfigError, check_int, check_number, check_numbers
 
 __all__ = [
     "TrainConfig",
-    "TRAIN_PRESETS",
     "RESUME_MAY_CHANGE",
     "train",
     "main",
@@ -98,42 +97,6 @@ class DivergedError(NonFiniteError):
     callers that handle non-finite runs handle these too)."""
 
 
-# The training part of each model preset (the model part is flowlib.models.PRESETS).
-# Official code (Hoogeboom et al. 2020, main_experiment.py): Adamax(lr=1e-3, eps=1e-7),
-# batch 256, LambdaLR factor min(1, (epoch+1)/10) * 0.995**epoch stepped once per epoch;
-# gradient-norm clipping at 1 only in the Sylvester / residual experiments.
-TRAIN_PRESETS: dict[str, dict] = {
-    # The paper-scale evaluation uses 1000 importance samples (issue 15); tiny/small keep the cheap default.
-    "paper-mixing": dict(
-        batch_size=256, lr=1e-3, warmup_epochs=10.0, lr_decay=0.995, eval_every=2000, save_every=1000, iw_samples=1000
-    ),
-    "paper-sylvester": dict(
-        batch_size=256,
-        lr=1e-3,
-        warmup_epochs=10.0,
-        lr_decay=0.995,
-        grad_clip=1.0,
-        eval_every=2000,
-        save_every=1000,
-        iw_samples=1000,
-    ),
-    "small-mixing": dict(batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, eval_every=1000, save_every=500),
-    "small-sylvester": dict(
-        batch_size=128, lr=1e-3, warmup_epochs=1.0, lr_decay=0.99, grad_clip=1.0, eval_every=1000, save_every=500
-    ),
-    "tiny": dict(
-        batch_size=64,
-        lr=1e-2,
-        warmup_epochs=1.0,
-        lr_decay=0.99,
-        eval_every=100,
-        save_every=100,
-        log_every=10,
-        n_samples=36,
-    ),
-}
-TRAIN_PRESETS["paper-residual"] = TRAIN_PRESETS["paper-sylvester"]  # the same schedule for the residual baseline
-
 CHOICES = {
     "dataset": data.DATASETS,
     "optimizer": ("adamax", "adamw"),
@@ -148,7 +111,7 @@ class TrainConfig:
     """Everything a run needs, as plain values (stored in ``config.json`` and every checkpoint)."""
 
     # model
-    preset: str = "tiny"  # a name of flowlib.models.PRESETS
+    preset: str = "tiny"  # a name of flowlib.presets.PRESETS (model and training defaults)
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {"mixing": "emerging"}
     # data
     dataset: str = "digits"  # cifar10 | digits | synthetic
@@ -192,8 +155,12 @@ class TrainConfig:
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:
-        """Defaults of the training part of ``preset`` (:data:`TRAIN_PRESETS`) with ``overrides``."""
-        return cls(**{"preset": preset, **TRAIN_PRESETS.get(preset, {}), **overrides})
+        """The training defaults of ``preset`` (:data:`flowlib.presets.PRESETS`) with ``overrides``."""
+        try:
+            defaults = presets.preset(preset).train
+        except ValueError as e:
+            raise ConfigError(f"preset (--preset): {e}") from None
+        return cls(**{"preset": preset, **defaults, **overrides})
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field (and its flag), the allowed range and the value.
@@ -952,18 +919,16 @@ def _run(cfg: TrainConfig, out: Path, stop: _StopRequests) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flowlib.models import PRESETS
-
     p = argparse.ArgumentParser(
         prog="python -m flowlib.train",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every TrainConfig and ModelConfig field is a flag; see the module docstring.",
     )
-    g = p.add_argument_group("training (TrainConfig; preset defaults from flowlib.train.TRAIN_PRESETS)")
+    g = p.add_argument_group("training (TrainConfig; preset defaults from flowlib.presets)")
     for f in dataclasses.fields(TrainConfig):
         if f.name != "model":
-            cli.add_field(g, f, None, choices=sorted(PRESETS) if f.name == "preset" else CHOICES.get(f.name))
+            cli.add_field(g, f, None, choices=sorted(presets.PRESETS) if f.name == "preset" else CHOICES.get(f.name))
     cli.add_model_arguments(p.add_argument_group("model (ModelConfig overrides of the preset)"))
     return p
 

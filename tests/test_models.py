@@ -13,12 +13,13 @@ import torch
 from flowlib.layers import make
 from flowlib.layers.convexp import ConvExp
 from flowlib.layers.linear import ActNorm
-from flowlib.models import PRESETS, ModelConfig, build_model, squeeze2d, unsqueeze2d
+from flowlib.models import ModelConfig, build_model, squeeze2d, unsqueeze2d
 from flowlib.models.config import MIXINGS
 from flowlib.models.dequant import context_encoder
 from flowlib.models.mixing import PixelBias, make_mixing
 from flowlib.models.priors import standard_normal_logp
 from flowlib.nets import DenseBlock, DenseNet, GatedConv2d
+from flowlib.presets import PRESETS
 from flowlib.testing import flow_errors, perturb_
 
 TINY = dict(
@@ -250,7 +251,7 @@ def test_bad_inputs_raise():
 
 
 def test_presets_serialise_and_build():
-    for name, cfg in PRESETS.items():
+    for name, cfg in ((name, p.model) for name, p in PRESETS.items()):
         again = ModelConfig(**json.loads(json.dumps(dataclasses.asdict(cfg))))
         assert again == cfg, name
     assert build_model("tiny").num_parameters() < 100_000

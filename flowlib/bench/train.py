@@ -33,7 +33,7 @@ __all__ = ["add_arguments", "run", "measure"]
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Flags of ``python -m flowlib.bench train|sample`` (plus every ModelConfig field)."""
-    from flowlib.models import PRESETS
+    from flowlib.presets import PRESETS
 
     parser.set_defaults(bench=name)
     parser.add_argument("--preset", default="paper-mixing", choices=sorted(PRESETS))

@@ -1,7 +1,7 @@
-"""Plain-value configuration of the multi-scale image flow, and the named presets.
+"""Plain-value configuration of the multi-scale image flow.
 
 ``ModelConfig`` holds only JSON-serialisable fields (``dataclasses.asdict`` gives a
-dict a checkpoint can store); :data:`PRESETS` gives the paper, small and tiny sizes.
+dict a checkpoint can store); the named sizes (paper, small, tiny) are :mod:`flowlib.presets`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .. import layers
 
-__all__ = ["ModelConfig", "PRESETS", "CHOICES", "MODEL_TYPES", "COUPLINGS", "MIXINGS", "LAYOUTS", "DEQUANT_ENCODERS"]
+__all__ = ["ModelConfig", "CHOICES", "MODEL_TYPES", "COUPLINGS", "MIXINGS", "LAYOUTS", "DEQUANT_ENCODERS"]
 
 MODEL_TYPES = ("glow", "sylvester", "residual", "coupling")
 # config name -> registered layer name, from the registry's coupling layers ("affine" -> "affine_coupling")
@@ -166,113 +166,3 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s) {unknown}; fields are {sorted(names)}")
         return dataclasses.replace(self, **overrides)
-
-
-PRESETS: dict[str, ModelConfig] = {
-    # Hoogeboom et al. 2020, mixing experiments (main_experiment.py): 2 levels x 10 subflows,
-    # densenet depth 8, n_intermediate_channels 64, gated convs, split prior, flow dequant,
-    # and the official model's layout: a first mixing layer, coupling -> mixing steps, no
-    # actnorm, per-pixel biases around convexp, the dense-block context encoder: 55.91 M
-    # parameters with convexp, as the official code (tests/test_models.py counts them).
-    # The official commands use growth 64 for 1x1 and 63 for convexp/emerging/woodbury (to
-    # equalise parameter counts): this preset's default mixing is convexp, so 63; pass
-    # densenet_growth=64 together with mixing="conv1x1". The dequantizer mixes with the
-    # model's own mixing layer (dequant_mixing="same"), as the official code.
-    "paper-mixing": ModelConfig(
-        model_type="glow",
-        image_shape=(3, 32, 32),
-        n_levels=2,
-        n_subflows=10,
-        mixing="convexp",
-        coupling="affine",
-        net="densenet",
-        densenet_depth=8,
-        densenet_growth=63,
-        n_intermediate_channels=64,
-        gated_conv=True,
-        split_prior=True,
-        dequant="flow",
-        dequant_subflows=4,
-        dequant_context=32,
-        dequant_mixing="same",
-        actnorm=False,
-        layout="official",
-        convexp_bias=True,
-        dequant_encoder="densenet",
-    ),
-    # Residual-transformation experiments (experiment_sylvester_network.py): 3 levels x 16
-    # subflows, 528 internal channels; split priors / dequantizer use the script's default
-    # (ungated) densenet conditioner, and its dequantizer the dense-block context encoder and a
-    # first mixing layer (layout "official"; the Sylvester steps themselves are unchanged).
-    "paper-sylvester": ModelConfig(
-        model_type="sylvester",
-        image_shape=(3, 32, 32),
-        n_levels=3,
-        n_subflows=16,
-        hidden_channels=528,
-        net="densenet",
-        densenet_depth=8,
-        densenet_growth=64,
-        n_intermediate_channels=64,
-        gated_conv=False,
-        split_prior=True,
-        dequant="flow",
-        mixing="none",
-        dequant_mixing="conv1x1",
-        layout="official",
-        dequant_encoder="densenet",
-    ),
-    # Minutes on one GPU.
-    "small-mixing": ModelConfig(
-        model_type="glow",
-        image_shape=(3, 32, 32),
-        n_levels=2,
-        n_subflows=4,
-        mixing="convexp",
-        net="densenet",
-        densenet_depth=4,
-        densenet_growth=32,
-        n_intermediate_channels=48,
-        gated_conv=True,
-        split_prior=True,
-        dequant="flow",
-        dequant_subflows=2,
-        dequant_context=16,
-        dequant_mixing="conv1x1",
-    ),
-    "small-sylvester": ModelConfig(
-        model_type="sylvester",
-        image_shape=(3, 32, 32),
-        n_levels=3,
-        n_subflows=4,
-        hidden_channels=128,
-        net="densenet",
-        densenet_depth=4,
-        densenet_growth=32,
-        n_intermediate_channels=48,
-        gated_conv=False,
-        split_prior=True,
-        dequant="flow",
-        mixing="none",
-        dequant_subflows=2,
-        dequant_context=16,
-        dequant_mixing="conv1x1",
-    ),
-    # Seconds on a CPU: 8x8 digits.
-    "tiny": ModelConfig(
-        model_type="glow",
-        image_shape=(1, 8, 8),
-        n_levels=2,
-        n_subflows=2,
-        mixing="conv1x1",
-        net="conv",
-        hidden_channels=32,
-        split_prior=True,
-        dequant="uniform",
-        dequant_subflows=1,
-        dequant_context=8,
-        dequant_mixing="conv1x1",
-    ),
-}
-# The residual-flow arm of the same experiment: identical sizes, residual blocks instead of Sylvester layers.
-PRESETS["paper-residual"] = PRESETS["paper-sylvester"].replace(model_type="residual")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..core import get_validation
 from ..layers import make
 from ..layers.registry import available, get
-from .config import COUPLINGS, PRESETS, ModelConfig
+from .config import COUPLINGS, ModelConfig
 from .dequant import FlowDequantizer, Preprocess, UniformDequantizer
 from .mixing import make_mixing
 from .priors import GaussianPrior, SplitPrior
@@ -251,16 +251,16 @@ class FlowModel(nn.Module):
 
 
 def build_model(config: ModelConfig | str, **overrides) -> FlowModel:
-    """``FlowModel`` from a config or a preset name (see :data:`PRESETS`), with field overrides.
+    """``FlowModel`` from a config or a preset name (:data:`flowlib.presets.PRESETS`), with field overrides.
 
     >>> model = build_model("tiny")
     >>> model.sample(2).shape
     torch.Size([2, 1, 8, 8])
     """
     if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown preset {config!r}; presets are {sorted(PRESETS)}")
-        config = PRESETS[config]
+        from ..presets import preset  # the table imports ModelConfig from this package
+
+        config = preset(config).model
     if not isinstance(config, ModelConfig):
         raise ValueError(f"build_model expects a ModelConfig or a preset name, got {type(config).__name__}")
     return FlowModel(config.replace(**overrides))
