@@ -3,6 +3,12 @@
 * :func:`brute_force_logdet` - ``log |det J|`` from the full Jacobian (autograd), per sample.
 * :func:`perturb_` - add ``scale * randn`` to every parameter (layers must stay valid).
 * :func:`flow_errors` - inverse round-trip error and log-determinant error of a layer.
+* :func:`build_layer` - a registered layer by name, initialised on one batch, perturbed, in eval mode.
+
+>>> layer = build_layer("conv1x1", (2, 3, 3))
+>>> errors = flow_errors(layer, torch.randn(2, 2, 3, 3, dtype=torch.float64))
+>>> errors["inverse"] < 1e-12, errors["logdet"] < 1e-12
+(True, True)
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["brute_force_logdet", "perturb_", "flow_errors"]
+from .layers import make
+
+__all__ = ["brute_force_logdet", "perturb_", "flow_errors", "build_layer"]
 
 
 def brute_force_logdet(fn, x: Tensor) -> Tensor:
@@ -60,3 +68,47 @@ def flow_errors(flow: nn.Module, x: Tensor) -> dict[str, float]:
         "inverse": float((x_back - x).abs().max()),
         "logdet": float((logdet - reference).abs().max()),
     }
+
+
+def build_layer(
+    name: str,
+    shape,
+    seed: int = 0,
+    scale: float = 0.1,
+    dtype: torch.dtype = torch.float64,
+    *,
+    init_batch: int = 8,
+    **kwargs,
+) -> nn.Module:
+    """The layer registered as ``name``, ready for a numerical check: built, initialised, perturbed, in eval mode.
+
+    Steps, each deterministic given ``seed``:
+
+    1. ``torch.manual_seed(seed)``, then ``make(name, shape=shape, **kwargs).to(dtype)``;
+    2. one training-mode forward pass on ``init_batch`` samples ``N(0, 1)`` (generator seeded with
+       ``seed``): the data-dependent initialisation of ``actnorm`` and the layers that contain one
+       (``init_batch=0`` skips it; it needs every size of ``shape`` fixed);
+    3. :func:`perturb_` with ``scale`` (generator seeded with ``seed + 1``; ``scale=0`` skips it),
+       so that a check does not only see the layer at its initial, often near-identity, parameters;
+    4. ``eval()``: deterministic log-determinants (no stochastic estimates).
+
+    Shared by the contract tests, the layer tests and the device check.
+
+    >>> layer = build_layer("actnorm", (2, 4, 4), scale=0.0)
+    >>> bool(layer.initialized), layer.training
+    (True, False)
+    """
+    torch.manual_seed(seed)
+    layer = make(name, shape=shape, **kwargs).to(dtype)
+    if init_batch:
+        if any(size is None for size in shape):
+            raise ValueError(
+                f"build_layer({name!r}): shape={tuple(shape)} has a free size; the initialisation batch needs "
+                "fixed sizes (pass init_batch=0 to skip it)"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            layer.train()(torch.randn(init_batch, *shape, generator=generator, dtype=dtype))
+    if scale:
+        perturb_(layer, scale, torch.Generator().manual_seed(seed + 1))
+    return layer.eval()

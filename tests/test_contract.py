@@ -4,21 +4,13 @@ import pytest
 import torch
 
 import flowlib
-from flowlib.testing import flow_errors, perturb_
+from flowlib.testing import build_layer, flow_errors
 
 SHAPE = (4, 4, 4)
 NAMES = flowlib.layers.available()
 
 # Layers whose inverse is a series or an iteration: their documented tolerance.
 INVERSE_TOL = {"convexp": 1e-6, "sylvester": 1e-6, "residual": 1e-6, "graph_convexp": 1e-6}
-
-
-def build(name, shape=SHAPE, seed=0):
-    torch.manual_seed(seed)
-    layer = flowlib.layers.make(name, shape=shape).double()
-    # Data-dependent initialisation (actnorm and layers containing it) happens on the first batch.
-    layer(torch.randn(8, *shape, dtype=torch.float64))
-    return layer.eval()
 
 
 def test_all_required_names_registered():
@@ -57,9 +49,7 @@ def test_builds_with_defaults(name, shape):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("perturbed", [False, True], ids=["init", "perturbed"])
 def test_inverse_and_logdet_match_brute_force(name, perturbed):
-    layer = build(name)
-    if perturbed:
-        perturb_(layer, 0.1, torch.Generator().manual_seed(1))
+    layer = build_layer(name, SHAPE, scale=0.1 if perturbed else 0.0)
     x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     errors = flow_errors(layer, x)
     assert errors["inverse"] < INVERSE_TOL.get(name, 1e-6), errors
@@ -84,7 +74,7 @@ def test_bad_input_raises_clear_error(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_round_trip_on_odd_non_square_images(name):
     shape = (3, 5, 7)  # odd channel count (uneven coupling split), odd and unequal height and width
-    layer = perturb_(build(name, shape=shape), 0.05, torch.Generator().manual_seed(3))
+    layer = build_layer(name, shape, scale=0.05)
     x = torch.randn(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         y, logdet = layer(x)

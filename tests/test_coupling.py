@@ -10,17 +10,10 @@ import flowlib
 from flowlib.layers.coupling import adaptive_circular_conv, adaptive_circular_deconv
 from flowlib.layers.elementwise import slog_forward, slog_inverse
 from flowlib.nets import ConvNet, DenseNet, make_net
-from flowlib.testing import brute_force_logdet, flow_errors, perturb_
+from flowlib.testing import brute_force_logdet, build_layer, flow_errors
 
 COUPLINGS = ["affine_coupling", "exp_coupling", "conf_coupling"]
 DENSE = dict(net="densenet", depth=3, growth=6, intermediate=8)
-
-
-def build(name, shape=(4, 4, 4), seed=0, scale=0.1, dtype=torch.float64, **kwargs):
-    torch.manual_seed(seed)
-    layer = flowlib.layers.make(name, shape=shape, **kwargs).to(dtype)
-    perturb_(layer, scale, torch.Generator().manual_seed(seed + 1))
-    return layer.eval()
 
 
 def randn(*shape, seed=2, dtype=torch.float64):
@@ -67,7 +60,7 @@ def test_conf_coupling_starts_as_slog_gate():
 @pytest.mark.parametrize("name", COUPLINGS)
 @pytest.mark.parametrize("gated", [True, False], ids=["gated", "relu"])
 def test_densenet_conditioner_round_trip_and_logdet(name, gated):
-    layer = build(name, **DENSE, gated=gated)
+    layer = build_layer(name, (4, 4, 4), **DENSE, gated=gated)
     x = randn(2, 4, 4, 4)
     assert float(layer(x)[0].detach().sub(x).abs().max()) > 0.1  # the perturbation made it non-trivial
     errors = flow_errors(layer, x)
@@ -77,7 +70,7 @@ def test_densenet_conditioner_round_trip_and_logdet(name, gated):
 @pytest.mark.parametrize("name", COUPLINGS)
 @pytest.mark.parametrize("swap", [False, True])
 def test_odd_channel_count_and_swap(name, swap):
-    layer = build(name, shape=(5, 3, 4), swap=swap, hidden=8)
+    layer = build_layer(name, (5, 3, 4), swap=swap, hidden=8)
     x = randn(2, 5, 3, 4)
     y, _ = layer(x)
     kept = slice(3, 5) if swap else slice(0, 2)  # x_a: 2 channels; x_b: the other 3
@@ -88,7 +81,7 @@ def test_odd_channel_count_and_swap(name, swap):
 
 @pytest.mark.parametrize("name", ["affine_coupling", "exp_coupling"])
 def test_gradcheck_inputs_and_parameters(name):
-    layer = build(name, shape=(4, 2, 2), hidden=3, scale=0.3)
+    layer = build_layer(name, (4, 2, 2), hidden=3, scale=0.3)
     names = [n for n, _ in layer.named_parameters()]
     params = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
     x = randn(2, 4, 2, 2).requires_grad_()
@@ -101,7 +94,7 @@ def test_gradcheck_inputs_and_parameters(name):
 
 
 def test_exp_coupling_with_diagonal_matrix_is_an_affine_coupling():
-    layer = build("exp_coupling", shape=(6, 3, 3), hidden=8, scale=0.3)
+    layer = build_layer("exp_coupling", (6, 3, 3), hidden=8, scale=0.3)
     n = layer.c_b
 
     class DiagonalOnly(nn.Module):  # zero the off-diagonal entries of the predicted A
@@ -145,7 +138,7 @@ def test_slog_inverse_and_log_derivative_over_wide_range(alpha):
 
 @pytest.mark.parametrize("shape", [(3,), (3, 5), (3, 4, 4)])
 def test_slog_layer_per_channel_alpha_any_shape(shape):
-    layer = build("slog", shape=shape, scale=0.5)
+    layer = build_layer("slog", shape, scale=0.5)
     x = 3 * randn(2, *shape)
     errors = flow_errors(layer, x)
     assert errors["inverse"] < 1e-10 and errors["logdet"] < 1e-8, errors
@@ -184,7 +177,7 @@ def test_adaptive_conv_is_a_per_sample_circular_conv(k, H, W):
 
 
 def test_conf_coupling_forward_is_slog_of_scaled_shifted_circular_conv():
-    layer = build("conf_coupling", shape=(4, 5, 5), hidden=8, scale=0.3)
+    layer = build_layer("conf_coupling", (4, 5, 5), hidden=8, scale=0.3)
     x = randn(2, 4, 5, 5)
     with torch.no_grad():
         log_s, t, kernel = layer.params(layer.condition(x[:, :2]))
@@ -197,7 +190,7 @@ def test_conf_coupling_forward_is_slog_of_scaled_shifted_circular_conv():
 
 
 def test_conf_kernel_spectrum_stays_above_margin():
-    layer = build("conf_coupling", shape=(4, 6, 6), hidden=8, scale=10.0, margin=0.2)
+    layer = build_layer("conf_coupling", (4, 6, 6), hidden=8, scale=10.0, margin=0.2)
     x = 10 * randn(4, 4, 6, 6)
     with torch.no_grad():
         _, _, kernel = layer.params(layer.condition(x[:, :2]))
@@ -223,7 +216,7 @@ def test_nets_keep_channels_last_and_start_at_zero(net):
 
 @pytest.mark.parametrize("name", COUPLINGS)
 def test_bf16_conditioner_keeps_exact_round_trip_and_float32_logdet(name):
-    layer = build(name, shape=(4, 8, 8), dtype=torch.float32, hidden=16, scale=0.3)
+    layer = build_layer(name, (4, 8, 8), dtype=torch.float32, hidden=16, scale=0.3)
     assert flowlib.precision.set_conditioner_dtype(layer, "bfloat16") == 1
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     h = layer.condition(x[:, :2])

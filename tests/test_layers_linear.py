@@ -18,17 +18,9 @@ from torch import nn
 from torch.func import functional_call
 
 import flowlib
-from flowlib.testing import brute_force_logdet, perturb_
+from flowlib.testing import brute_force_logdet, build_layer, perturb_
 
 LINEAR = ["actnorm", "conv1x1", "conv1x1_lu", "conv1x1_exp", "emerging", "woodbury", "periodic", "dct"]
-
-
-def build(name, shape, seed=0, perturb=0.1, **kwargs):
-    torch.manual_seed(seed)
-    layer = flowlib.layers.make(name, shape=shape, **kwargs).double()
-    if perturb:
-        perturb_(layer, perturb, torch.Generator().manual_seed(seed + 1))
-    return layer
 
 
 class _Inverse(nn.Module):
@@ -44,7 +36,7 @@ class _Inverse(nn.Module):
 
 @pytest.mark.parametrize("name", ["conv1x1_lu", "conv1x1_exp", "periodic", "dct"])
 def test_gradcheck_parameters_and_input(name):
-    layer = build(name, (2, 3, 3))
+    layer = build_layer(name, (2, 3, 3))
     inverse = _Inverse(layer)
     names = [n for n, _ in layer.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
@@ -106,7 +98,7 @@ def test_actnorm_init_is_all_reduced_across_ranks(tmp_path):
 
 
 def test_periodic_equals_circular_convolution_by_rolls():
-    layer = build("periodic", (3, 5, 4), perturb=0.3)
+    layer = build_layer("periodic", (3, 5, 4), scale=0.3)
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
     kernel = layer.kernel.detach()
     k, r = kernel.shape[-1], kernel.shape[-1] // 2
@@ -120,7 +112,7 @@ def test_periodic_equals_circular_convolution_by_rolls():
 
 
 def test_periodic_kernel_larger_than_image_wraps():
-    layer = build("periodic", (2, 2, 3), kernel_size=5, perturb=0.3)
+    layer = build_layer("periodic", (2, 2, 3), kernel_size=5, scale=0.3)
     x = torch.randn(2, 2, 2, 3, dtype=torch.float64)
     # On 3 x 3 tiles of x a valid convolution reads every wrapped tap: out[i] = sum_a K[a] x[(i + a) mod H].
     expected = F.conv2d(x.repeat(1, 1, 3, 3), layer.kernel.detach())
@@ -130,7 +122,7 @@ def test_periodic_kernel_larger_than_image_wraps():
 
 
 def test_dct_equals_half_sample_symmetric_convolution():
-    layer = build("dct", (3, 5, 6), perturb=0.3, radius=2)
+    layer = build_layer("dct", (3, 5, 6), scale=0.3, radius=2)
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
     weight = layer.weight.detach()
     r = weight.shape[-1] - 1
@@ -142,19 +134,19 @@ def test_dct_equals_half_sample_symmetric_convolution():
 
 
 def test_conv1x1_exp_weight_is_scipy_expm():
-    layer = build("conv1x1_exp", (5, 2, 2), perturb=0.5)
+    layer = build_layer("conv1x1_exp", (5, 2, 2), scale=0.5)
     expected = torch.from_numpy(scipy.linalg.expm(layer.A.detach().numpy()))
     assert torch.allclose(layer.weight(), expected, atol=1e-12)
     assert torch.allclose(layer.inverse_weight() @ layer.weight(), torch.eye(5, dtype=torch.float64), atol=1e-12)
 
 
 def test_conv1x1_lu_weight_matches_its_logdet():
-    layer = build("conv1x1_lu", (6, 2, 2), perturb=0.3)
+    layer = build_layer("conv1x1_lu", (6, 2, 2), scale=0.3)
     assert torch.allclose(torch.linalg.slogdet(layer.weight()).logabsdet, layer.logs.sum(), atol=1e-12)
 
 
 def test_emerging_inverse_exact_on_non_square_image():
-    layer = build("emerging", (3, 6, 5), perturb=0.2)
+    layer = build_layer("emerging", (3, 6, 5), scale=0.2)
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
     y, logdet = layer(x)
     assert (layer.inverse(y) - x).abs().max() < 1e-10
@@ -162,7 +154,7 @@ def test_emerging_inverse_exact_on_non_square_image():
 
 
 def test_woodbury_logdet_equals_dense_slogdet():
-    layer = build("woodbury", (3, 4, 5), perturb=0.3, channel_rank=2, spatial_rank=7)
+    layer = build_layer("woodbury", (3, 4, 5), scale=0.3, channel_rank=2, spatial_rank=7)
     C, N = 3, 20
     W_c = torch.eye(C, dtype=torch.float64) + layer.Uc @ layer.Vc
     W_s = torch.eye(N, dtype=torch.float64) + layer.Us @ layer.Vs
@@ -188,7 +180,7 @@ def test_float32_round_trip_at_training_size(name):
 
 @pytest.mark.parametrize("name", LINEAR)
 def test_logdet_only_matches_forward(name):
-    layer = build(name, (3, 4, 5))
+    layer = build_layer(name, (3, 4, 5))
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     _, logdet = layer(x)  # first: actnorm initialises on it
     assert torch.allclose(layer.logdet(x), logdet, atol=1e-12)

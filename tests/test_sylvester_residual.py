@@ -15,13 +15,11 @@ from flowlib.layers.residual import (
     series_terms,
 )
 from flowlib.layers.sylvester import ConvSylvester, autoregressive_mask, hidden_degrees
-from flowlib.testing import brute_force_logdet, flow_errors, perturb_
+from flowlib.testing import brute_force_logdet, build_layer, flow_errors, perturb_
 
 
 def sylvester(shape=(3, 4, 4), scale=0.3, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    layer = ConvSylvester(shape, **kwargs).double().eval()
-    return perturb_(layer, scale, torch.Generator().manual_seed(seed + 1))
+    return build_layer("sylvester", shape, seed, scale, **kwargs)
 
 
 # -- Sylvester --------------------------------------------------------------------------
@@ -121,9 +119,7 @@ def test_sylvester_gradcheck():
 
 
 def residual(shape=(2, 4, 4), scale=0.5, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    layer = ResidualFlow(shape, hidden=8, **kwargs).double()
-    return perturb_(layer, scale, torch.Generator().manual_seed(seed + 1))
+    return build_layer("residual", shape, seed, scale, hidden=8, **kwargs)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.5, 3.0])
