@@ -80,3 +80,12 @@ def test_round_trip_on_odd_non_square_images(name):
         y, logdet = layer(x)
         assert logdet.shape == (2,) and torch.isfinite(logdet).all()
         assert float((layer.inverse(y) - x).abs().max()) < INVERSE_TOL.get(name, 1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_docstring_has_a_runnable_example(name):
+    """Every registered layer documents a ``>>>`` example (run by ``pytest flowlib/layers`` as a doctest)."""
+    doc = flowlib.layers.get(name).__doc__ or ""
+    examples = [line.strip() for line in doc.splitlines() if line.strip().startswith(">>>")]
+    assert any(f'make("{name}"' in line for line in examples), f"{name}: no '>>> ... make(\"{name}\", ...)' example"
+    assert any("inverse" in line for line in examples), f"{name}: the example does not show the round trip"

@@ -130,12 +130,18 @@ class ConvExp(Flow):
         init_scale: standard deviation of the initial kernel entries.
 
     Example:
-        >>> layer = ConvExp((3, 8, 8), train_terms=6, eval_terms=13)
-        >>> layer.terms, layer.eval().terms
-        (6, 13)
-        >>> x = torch.randn(2, 3, 8, 8)
-        >>> bool((layer.inverse(layer(x)[0]) - x).abs().max() < 1e-4)
-        True
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("convexp", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
+
+    The official code's term counts instead of the derived ones:
+
+    >>> layer = flowlib.layers.make("convexp", shape=(3, 8, 8), train_terms=6, eval_terms=13)
+    >>> layer.terms, layer.eval().terms
+    (6, 13)
     """
 
     def __init__(
@@ -243,6 +249,15 @@ class GraphConvExp(Flow):
         rho, train_tol, eval_tol, train_terms, eval_terms: as in :class:`ConvExp`
             (explicit term counts: no error bound then).
         init_scale: standard deviation of the initial weight entries.
+
+    Example:
+
+    >>> import flowlib
+    >>> adjacency = flowlib.functional.grid_adjacency(2, 3)  # 6 nodes
+    >>> layer = flowlib.layers.make("graph_convexp", shape=(6, 4), adjacency=adjacency)
+    >>> x = torch.randn(2, 6, 4); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(

@@ -112,6 +112,14 @@ class AffineCoupling(_Coupling):
             ``growth``, ``intermediate``, ``gated``), see :func:`flowlib.nets.make_net`.
         swap: transform the first half instead of the second.
         scale_bound: ``b`` above.
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("affine_coupling", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape, net: str = "conv", swap: bool = False, scale_bound: float = 2.0, **net_kwargs):
@@ -162,6 +170,14 @@ class ExpCoupling(_Coupling):
         net, swap, **net_kwargs: as in :class:`AffineCoupling`.
         coefficient: initial value of ``m`` (``0 < coefficient < coefficient_max``).
         coefficient_max: the bound ``m_max`` on ``m``.
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("exp_coupling", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(
@@ -289,6 +305,14 @@ class ConfCoupling(_Coupling):
         kernel_size: odd ``k``.
         margin: lower bound on ``|w_hat|``, in ``(0, 1)``.
         alpha: initial S-Log slope (``> 0``).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("conf_coupling", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(

@@ -80,6 +80,14 @@ class DCTConv(Flow):
     Convolutional Flow", NeurIPS 2019 (symmetric convolution via the DCT); Martucci,
     "Symmetric convolution and the discrete sine and cosine transforms", IEEE TSP
     1994. Taught in notebook 03 (invertible convolutions).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("dct", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape, radius: int = 1, init_scale: float = 0.05):

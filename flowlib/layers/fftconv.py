@@ -72,6 +72,14 @@ class Periodic(Flow):
     Convolutional Flow", NeurIPS 2019; Hoogeboom, van den Berg & Welling,
     "Emerging Convolutions for Generative Normalizing Flows", ICML 2019 (periodic
     convolutions). Taught in notebook 03 (invertible convolutions).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("periodic", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape, kernel_size: int = 3, init_scale: float = 0.05):

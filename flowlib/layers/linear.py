@@ -67,6 +67,14 @@ class ActNorm(Flow):
 
     Reference: Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1
     Convolutions", NeurIPS 2018. Taught in notebook 03 (invertible convolutions).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("actnorm", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape, eps: float = 1e-6):
@@ -165,6 +173,14 @@ class Conv1x1(_ChannelMatrix):
 
     Reference: Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1
     Convolutions", NeurIPS 2018. Taught in notebook 03 (invertible convolutions).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("conv1x1", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape):
@@ -202,6 +218,14 @@ class Conv1x1LU(_ChannelMatrix):
 
     Reference: Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1
     Convolutions", NeurIPS 2018. Taught in notebook 03 (invertible convolutions).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("conv1x1_lu", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape):
@@ -259,6 +283,14 @@ class Conv1x1Exp(_ChannelMatrix):
 
     Reference: Xiao & Liu, "Generative Flows with Matrix Exponential", ICML 2020.
     Taught in notebook 01 (matrix exponential).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("conv1x1_exp", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(self, shape, init_scale: float = 0.1):

@@ -52,6 +52,14 @@ class Woodbury(Flow):
 
     Reference: Lu & Huang, "Woodbury Transformations for Deep Generative Flows",
     NeurIPS 2020. Taught in notebook 03 (invertible convolutions).
+
+    Example:
+
+    >>> import flowlib
+    >>> layer = flowlib.layers.make("woodbury", shape=(4, 8, 8))
+    >>> x = torch.randn(2, 4, 8, 8); y, logdet = layer(x)
+    >>> torch.allclose(layer.inverse(y), x, atol=1e-5), logdet.shape
+    (True, torch.Size([2]))
     """
 
     def __init__(
