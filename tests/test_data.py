@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flowlib import data
-from flowlib.data import DataError
+from flowlib.data import DataError, cifar
 
 
 def _images(n, seed=0):
@@ -142,8 +142,8 @@ def test_find_cifar10_downloads_only_when_asked(tmp_path, monkeypatch, no_conven
         calls.append(url)
         return _Response(payload)
 
-    monkeypatch.setattr(data, "urlopen", fake_urlopen)
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(cifar, "urlopen", fake_urlopen)
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
     with pytest.raises(DataError, match="default location"):
         data.find_cifar10()
     assert calls == []  # no network without download=True
@@ -171,7 +171,7 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "urlopen", offline)
+    monkeypatch.setattr(cifar, "urlopen", offline)
     with pytest.raises(DataError, match=r"could not download CIFAR-10.*internet.*--data-dir"):
         data.load_cifar10(tmp_path / "c", download=True)
     assert not list((tmp_path / "c").iterdir())  # no partial files left behind
@@ -179,7 +179,7 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_download_checksum_mismatch(tmp_path, monkeypatch):
     payload, _ = _archive(tmp_path)
-    monkeypatch.setattr(data, "urlopen", lambda *a, **k: _Response(payload))
+    monkeypatch.setattr(cifar, "urlopen", lambda *a, **k: _Response(payload))
     with pytest.raises(DataError, match=r"MD5 [0-9a-f]{32}, expected c58f30108f718f92721af3b95e74349a"):
         data.load_cifar10(tmp_path / "c", download=True)
     assert not (tmp_path / "c" / "cifar-10-batches-py").exists()
@@ -187,15 +187,15 @@ def test_download_checksum_mismatch(tmp_path, monkeypatch):
 
 def test_download_verifies_extracts_and_loads(tmp_path, monkeypatch):
     payload, x = _archive(tmp_path)
-    monkeypatch.setattr(data, "urlopen", lambda *a, **k: _Response(payload))
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(cifar, "urlopen", lambda *a, **k: _Response(payload))
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
     xte, _ = data.load_cifar10(tmp_path / "c", "test", download=True)
     assert torch.equal(xte, x[10:])
 
 
 def test_archive_with_path_traversal_is_refused(tmp_path, monkeypatch):
     payload, _ = _archive(tmp_path, names=("cifar-10-batches-py/../../evil",))
-    monkeypatch.setattr(data, "urlopen", lambda *a, **k: _Response(payload))
+    monkeypatch.setattr(cifar, "urlopen", lambda *a, **k: _Response(payload))
     with pytest.raises(DataError, match=r"unexpected path"):
         data.download_cifar10(tmp_path / "c", md5=hashlib.md5(payload).hexdigest())
     assert not (tmp_path / "evil").exists()
@@ -231,6 +231,39 @@ def test_average_pool_against_a_loop_and_a_downsampled_roundtrip(tmp_path):
     _rewrite(d / "batches.meta", num_vis=1000)
     with pytest.raises(DataError, match=r"'num_vis' is 1000, expected 3 x side\^2"):
         data.load_cifar10(d, "train")
+
+
+def test_cifar_subset_reads_only_the_first_batch_and_the_test_batch(tmp_path):
+    images, _ = _images(60)
+    labels = torch.arange(60) % 10
+    source = data.write_cifar_batches(tmp_path / "full" / "cifar-10-batches-py", images, labels)  # 10 per file
+    for name in ("data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
+        (source / name).unlink()  # only data_batch_1, test_batch and batches.meta travel
+    subset = data.cifar_subset(source, tmp_path / "subset", n_test=2)
+    train_x, _ = data.load_cifar10(subset, "train")
+    test_x, test_y = data.load_cifar10(subset, "test")
+    assert torch.equal(train_x, images[:10]) and torch.equal(test_x, images[50:52])
+    assert test_y.tolist() == labels[50:52].tolist()
+    assert data.cifar_subset(source.parent, tmp_path / "from-parent", n_test=1) == tmp_path / "from-parent"
+    assert torch.equal(data.load_cifar10(tmp_path / "from-parent", "test")[0], images[50:51])  # the parent works
+    with pytest.raises(DataError, match="subset needs 15 train"):
+        data.cifar_subset(source, tmp_path / "too-big", n_test=3)
+    pooled = data.cifar_subset(source, tmp_path / "pooled", n_test=2, pool=2)
+    assert torch.equal(data.load_cifar10(pooled, "train")[0], data.average_pool(images[:10], 2))
+    assert torch.equal(data.load_cifar10(pooled, "test")[0], data.average_pool(images[50:52], 2))
+    (source / "test_batch").unlink()
+    with pytest.raises(DataError, match="test_batch is missing"):
+        data.cifar_subset(source, tmp_path / "other", n_test=2)
+    assert data.cifar_subset(source, subset, n_test=2) == subset  # written once, reused without reading source
+
+
+def test_the_package_exports_every_public_name_of_its_modules():
+    from flowlib.data import batching, sources, writing
+
+    for module in (cifar, writing, sources, batching):
+        for name in module.__all__:
+            assert getattr(data, name) is getattr(module, name), f"{module.__name__}.{name}"
+    assert set(data.__all__) == {n for m in (cifar, writing, sources, batching) for n in m.__all__}
 
 
 def test_digits_and_synthetic():
