@@ -3,7 +3,7 @@
 Usage::
 
     python -m flowlib.bench layers [--shape 12 16 16] [--batch 32] [--repeats 5]
-                                   [--device cpu|cuda] [--dtype float32|float64]
+                                   [--device auto|cuda|cpu] [--dtype float32|float64]
                                    [--names conv1x1 periodic ...] [--threads N] [--json]
 
 For each layer (built with ``make(name, shape=...)`` and default arguments; a
@@ -19,7 +19,8 @@ plus the parameter count, the round-trip error ``max |inverse(forward(x)) - x|``
 and each time divided by the ``conv1x1`` time of the same run (``conv1x1`` is
 always measured, as the baseline). Layers run in ``eval()`` mode under
 ``torch.no_grad()`` after one training-mode forward (data-dependent init), with
-input validation off; CUDA timings synchronise before and after each call.
+input validation off; each time is :func:`flowlib.bench.timing.median_ms` (CUDA
+synchronised).
 
 Output: an aligned table, then one JSON object per layer on its own line (the
 same numbers, ``null`` for ``-``). ``--json`` prints the JSON lines only.
@@ -29,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from ..core import validation
+from ..devices import DEVICES, DeviceError, resolve_device
 from ..layers import available, make
+from .timing import median_ms
 
 __all__ = ["add_arguments", "run", "measure"]
 
@@ -53,11 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "layers") -> None
     )
     parser.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement; the median is reported")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cpu or cuda (default: cuda if available)",
-    )
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="default auto: cuda if available")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--names", nargs="+", default=None, help="layers to time (default: all registered)")
     parser.add_argument(
@@ -68,20 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "layers") -> None
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print only the JSON lines, no table")
-
-
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after one warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def measure(name: str, shape, batch: int, repeats: int, device, dtype=torch.float32, seed: int = 0) -> dict:
@@ -100,13 +83,13 @@ def measure(name: str, shape, batch: int, repeats: int, device, dtype=torch.floa
         result = {
             "layer": name,
             "params": sum(p.numel() for p in layer.parameters()),
-            "forward_ms": _timed(lambda: layer(x), repeats, device),
-            "inverse_ms": _timed(lambda: layer.inverse(y), repeats, device),
+            "forward_ms": median_ms(lambda: layer(x), repeats, 1, device),
+            "inverse_ms": median_ms(lambda: layer.inverse(y), repeats, 1, device),
             "logdet_ms": None,
             "inverse_error": float((layer.inverse(y) - x).abs().max()),
         }
         if callable(getattr(layer, "logdet", None)):
-            result["logdet_ms"] = _timed(lambda: layer.logdet(x), repeats, device)
+            result["logdet_ms"] = median_ms(lambda: layer.logdet(x), repeats, 1, device)
     return result
 
 
@@ -148,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = tuple(args.shape)
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as err:
+        raise SystemExit(f"error: {err}") from None
     dtype = getattr(torch, args.dtype)
     names = args.names or available()
     unknown = [n for n in names if n not in available()]

@@ -8,7 +8,7 @@ Prints one JSON line::
 
 ``train`` times full optimizer steps (forward, backward, gradient norm, Adamax) on one
 batch of synthetic CIFAR-shaped images; ``ms_per_step`` is the median over ``--steps``
-steps after ``--warmup`` untimed ones, each synchronised. ``sample`` times
+steps after ``--warmup`` untimed ones, each synchronised (:func:`flowlib.bench.timing.median_ms`). ``sample`` times
 ``model.sample(batch)`` and a no-grad ``model(x)`` (bits per dimension) the same way.
 ``--baseline`` also runs the same preset in the plain configuration (float32, no
 compile, NCHW) in the same process and reports ``speedup = baseline ms / ms``.
@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 
 import torch
 
 import flowlib
 from flowlib import cli, data, precision
+from flowlib.bench.timing import median_ms
+from flowlib.devices import DEVICES, DeviceError, device_name, resolve_device
 
 __all__ = ["add_arguments", "run", "measure"]
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50, help="timed steps (batches)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--conditioner-dtype", default="float32", choices=tuple(precision.CONDITIONER_DTYPES))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument(
@@ -56,21 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--seed", type=int, default=0)
     model_group = parser.add_argument_group("model (ModelConfig overrides of the preset)")
     cli.add_model_arguments(model_group, skip=("image_shape",))
-
-
-def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
-    """Milliseconds of each of ``steps`` calls of ``fn`` after ``warmup`` calls, synchronised."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return times
 
 
 def measure(
@@ -123,20 +108,18 @@ def measure(
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            ms = statistics.median(_timed(step, steps, warmup, device))
+            ms = median_ms(step, steps, warmup, device)
             result.update(ms_per_step=ms, images_per_s=batch_size / ms * 1e3)
         else:
             model.eval()
             with torch.no_grad():
-                ms_eval = statistics.median(_timed(lambda: fwd(x), steps, warmup, device))
+                ms_eval = median_ms(lambda: fwd(x), steps, warmup, device)
                 g = torch.Generator(device=device).manual_seed(seed)
-                ms_sample = statistics.median(
-                    _timed(
-                        lambda: model.sample(batch_size, temperature=temperature, generator=g),
-                        steps,
-                        min(warmup, 2),
-                        device,
-                    )
+                ms_sample = median_ms(
+                    lambda: model.sample(batch_size, temperature=temperature, generator=g),
+                    steps,
+                    min(warmup, 2),
+                    device,
                 )
             result.update(
                 ms_per_eval_batch=ms_eval,
@@ -152,10 +135,10 @@ def measure(
 def run(args: argparse.Namespace) -> int:
     from flowlib.models import ModelConfig
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda: no CUDA device is available (use --device cpu or auto)")
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if args.device == "auto" else args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as err:
+        raise SystemExit(f"error: {err}") from None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -179,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "overrides": overrides,
         "batch_size": args.batch_size,
         "steps": args.steps,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
     }
     result.update(
