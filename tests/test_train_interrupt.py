@@ -15,7 +15,7 @@ import pytest
 import torch
 from train_support import tiny_config
 
-import flowlib.train as trainer
+import flowlib.train.loop as trainer_loop
 from flowlib import data
 from flowlib.train import main, train
 
@@ -122,7 +122,7 @@ def test_second_ctrl_c_during_start_up_aborts_with_a_message(tmp_path, monkeypat
 def test_signal_after_the_last_step_leaves_a_complete_last_pt(tmp_path, monkeypatch, capsys, reference):
     out = tmp_path / "run"
     # calls 1, 2 are the evaluations at steps 3 and 6, call 3 the final one on the full test set
-    _signals_at_call(monkeypatch, trainer, "_evaluate", 3, [signal.SIGTERM])
+    _signals_at_call(monkeypatch, trainer_loop, "evaluate", 3, [signal.SIGTERM])
     s = train(_cfg(out))
     assert s["interrupted"] and s["step"] == STEPS and _step(out) == STEPS
     err = capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_signal_after_the_last_step_leaves_a_complete_last_pt(tmp_path, monkeypa
 def test_second_signal_while_a_stopped_run_writes_its_summary(tmp_path, monkeypatch, capsys, reference):
     out = tmp_path / "run"
     _signals_at_call(monkeypatch, torch.optim.Adamax, "step", 5, [signal.SIGINT])
-    _signals_at_call(monkeypatch, trainer, "_plot_curves", 1, [signal.SIGINT])
+    _signals_at_call(monkeypatch, trainer_loop, "plot_curves", 1, [signal.SIGINT])
     s = train(_cfg(out))
     assert s["interrupted"] and _step(out) == 5
     err = capsys.readouterr().err
