@@ -52,7 +52,7 @@ def _json_dict(s: str) -> dict:
     except json.JSONDecodeError:
         v = None
     if not isinstance(v, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"terms\": 6}}', got {s!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"kernel_size\": 5}}', got {s!r}")
     return v
 
 
