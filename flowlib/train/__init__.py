@@ -1,4 +1,10 @@
-"""Train a flow on images; one readable file (nanoGPT's train.py shape).
+"""Train a flow on images: :func:`train` reads top to bottom (nanoGPT's loop shape) in :mod:`.loop`.
+
+The package, one job per module: :mod:`.config` (:class:`TrainConfig`, resume checks, the
+learning-rate schedule), :mod:`.runtime` (device, DDP, TF32, determinism: set for a run and
+restored after it), :mod:`.state` (counters and checkpoints), :mod:`.outputs` (the run
+directory's files), :mod:`.evaluate`, :mod:`.signals` (Ctrl-C / SIGTERM), :mod:`.command`
+(the command line, flags from :mod:`flowlib.cli`). Presets: :mod:`flowlib.presets`.
 
 A CPU run (seconds on 2 cores; ``bash scripts/demo.sh`` runs it with 2000 steps)::
 
