@@ -16,13 +16,12 @@ Everything runs on the CPU in a few seconds. Taught in
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .core import Flow, Sequential
+from .core import Flow, FlowDistribution, Sequential
 from .functional import normalize_adjacency
 from .layers.convexp import GraphConvExp
 from .layers.linear import ActNorm
@@ -101,8 +100,11 @@ class GraphActNorm(Flow):
 class GraphCoupling(Flow):
     """Affine coupling on node features with a message-passing conditioner.
 
-    Formula: channels split into ``a`` (kept) and ``b`` (transformed), chosen by
-    ``parity``. The conditioner is a two-layer graph network
+    Formula: channels split into ``a`` (kept) and ``b`` (transformed), interleaved: ``a`` holds the
+    even channels ``0, 2, ...`` and ``b`` the odd ones (``swap=True``: the other way round). Unlike
+    the halves of the image couplings, the two interleaved couplings of a block transform every
+    channel given the channel before it, the dependence of :func:`make_graph_dataset`.
+    The conditioner is a two-layer graph network
     ``h = tanh(x_a U0 + (A_norm x_a) U1 + c)``, ``[s, t] = h V0 + (A_norm h) V1 + d``;
     ``y_b = x_b * exp(tanh(s)) + t``, ``y_a = x_a``. ``V0, V1, d`` start at zero (identity).
     Inverse: ``x_b = (y_b - t) * exp(-tanh(s))``. Log-determinant:
@@ -112,12 +114,12 @@ class GraphCoupling(Flow):
     ICLR 2017; Liu et al., "Graph Normalizing Flows", NeurIPS 2019.
     """
 
-    def __init__(self, shape, adjacency: Tensor, parity: int = 0, hidden: int = 32):
+    def __init__(self, shape, adjacency: Tensor, swap: bool = False, hidden: int = 32):
         super().__init__(shape)
         C = int(shape[1])
         if C < 2:
             raise ValueError(f"GraphCoupling needs at least 2 features per node, got C = {C}")
-        kept = torch.arange(C) % 2 == parity
+        kept = torch.arange(C) % 2 == int(swap)
         self.register_buffer("kept", kept.nonzero().flatten())
         self.register_buffer("changed", (~kept).nonzero().flatten())
         self.register_buffer("adjacency", normalize_adjacency(adjacency))
@@ -152,17 +154,16 @@ class GraphCoupling(Flow):
         return x
 
 
-class GraphFlow(nn.Module):
+class GraphFlow(FlowDistribution):
     """Flow on node features ``[B, N, C]``: ``blocks`` x (actnorm, graph convexp?, coupling, coupling).
 
-    ``log_prob(x) = log N(f(x); 0, I) + log |det df/dx|``; the two couplings of a
-    block transform complementary channel halves. ``use_convexp=False`` drops the
+    ``log_prob(x) = log N(f(x); 0, I) + log |det df/dx|`` (:class:`~flowlib.core.FlowDistribution`);
+    the two couplings of a block transform complementary channel sets. ``use_convexp=False`` drops the
     :class:`~flowlib.layers.convexp.GraphConvExp` layers (the ablation of Hoogeboom et
     al. 2020). ``sample(n)`` inverts the flow on Gaussian noise.
     """
 
     def __init__(self, adjacency: Tensor, features: int, blocks: int = 2, hidden: int = 32, use_convexp: bool = True):
-        super().__init__()
         N = adjacency.shape[0]
         shape = (N, features)
         layers = []
@@ -170,23 +171,9 @@ class GraphFlow(nn.Module):
             layers.append(GraphActNorm(shape))
             if use_convexp:
                 layers.append(GraphConvExp(shape, adjacency=adjacency))
-            layers += [GraphCoupling(shape, adjacency, parity=p, hidden=hidden) for p in (0, 1)]
-        self.flow = Sequential(*layers)
-        self.shape = shape
+            layers += [GraphCoupling(shape, adjacency, swap=swap, hidden=hidden) for swap in (False, True)]
+        super().__init__(Sequential(*layers))
         self.use_convexp = use_convexp
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` per sample, shape ``[B]`` (nats)."""
-        z, logdet = self.flow(x)
-        base = -0.5 * (z * z).flatten(1).sum(1) - 0.5 * z[0].numel() * math.log(2 * math.pi)
-        return base + logdet
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples ``[n, N, C]``."""
-        param = next(self.parameters())
-        z = torch.randn(n, *self.shape, generator=generator, dtype=param.dtype).to(param.device)
-        return self.flow.inverse(z)
 
 
 def fit(

@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..core import Flow
+from ..core import Flow, sample_shape
 from .linear import Conv1x1LU
 from .registry import register
 
@@ -156,8 +156,7 @@ class ConvExp(Flow):
         eval_terms: int | None = None,
     ):
         super().__init__(shape)
-        if len(shape) != 3 or shape[0] is None:
-            raise ValueError(f"convexp needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
+        sample_shape(shape, "convexp")
         if kernel_size % 2 == 0 or kernel_size < 1:
             raise ValueError(f"convexp needs an odd kernel_size (same padding), got {kernel_size}")
         if not 0 < rho:

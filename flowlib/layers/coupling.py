@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, half_sizes, merge_halves, sample_shape, split_halves
 from ..linalg import expm
 from ..nets import make_net
 from ..precision import conditioned
@@ -49,42 +49,33 @@ class _Coupling(Flow):
 
     def __init__(self, shape, net: str = "conv", swap: bool = False, **net_kwargs):
         super().__init__(shape)
-        if len(self.shape) != 3 or self.shape[0] is None:
-            raise ValueError(f"{self.label} expects an image shape (C, H, W) with a fixed C, got {self.shape}")
+        sample_shape(self.shape, self.label)
         channels = self.shape[0]
         if channels < 2:
             raise ValueError(
                 f"{self.label} needs >= 2 channels to split into a conditioning and a transformed half, "
                 f"got shape {self.shape}; squeeze the image first (C, H, W) -> (4C, H/2, W/2)."
             )
-        self.sizes = [channels // 2, channels - channels // 2]  # channel split of x along axis 1
         self.swap = bool(swap)
-        self.c_a, self.c_b = self.sizes[::-1] if self.swap else self.sizes
+        self.c_a, self.c_b = half_sizes(channels, self.swap)  # x_a conditions, x_b is transformed
         self.net = make_net(net, self.c_a, self._net_channels(), **net_kwargs)
         self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
 
     def _net_channels(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        first, second = x.split(self.sizes, dim=1)
-        return (second, first) if self.swap else (first, second)
-
-    def _merge(self, x_a: Tensor, x_b: Tensor) -> Tensor:
-        return torch.cat([x_b, x_a] if self.swap else [x_a, x_b], dim=1)  # [B, C, H, W]
-
     def condition(self, x_a: Tensor) -> Tensor:
         """The conditioner output ``net(x_a)``, run under conditioner autocast, in ``x_a``'s dtype."""
         return conditioned(self.net, x_a, self.conditioner_dtype)
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, x_b = self._split(x)
+        x_a, x_b = split_halves(x, self.swap)
         y_b, logdet = self._transform(x_b, self.condition(x_a))
-        return self._merge(x_a, y_b), logdet
+        return merge_halves(x_a, y_b, self.swap), logdet
 
     def _inverse(self, y: Tensor) -> Tensor:
-        y_a, y_b = self._split(y)
-        return self._merge(y_a, self._untransform(y_b, self.condition(y_a)))
+        y_a, y_b = split_halves(y, self.swap)
+        return merge_halves(y_a, self._untransform(y_b, self.condition(y_a)), self.swap)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, split={self.c_a}->{self.c_b}, swap={self.swap}"

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from .registry import register
 
 __all__ = ["DCTConv", "dct_matrix", "symmetric_kernel_spectrum"]
@@ -92,8 +92,7 @@ class DCTConv(Flow):
 
     def __init__(self, shape, radius: int = 1, init_scale: float = 0.05):
         super().__init__(shape)
-        if len(shape) != 3 or shape[0] is None:
-            raise ValueError(f"dct needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
+        sample_shape(shape, "dct")
         if radius < 0:
             raise ValueError(f"dct needs radius >= 0 (kernel size 2 * radius + 1), got {radius}")
         C = int(shape[0])

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from .registry import register
 
 __all__ = ["slog_forward", "slog_inverse", "SLogGate"]
@@ -70,8 +70,7 @@ class SLogGate(Flow):
 
     def __init__(self, shape, alpha: float = 1.0):
         super().__init__(shape)
-        if len(self.shape) < 1 or self.shape[0] is None:
-            raise ValueError(f"{self.label} needs a fixed channel count as shape[0], got shape {self.shape}")
+        sample_shape(self.shape, self.label, ndim=None)
         if not alpha > 0:
             raise ValueError(f"{self.label} needs alpha > 0, got {alpha}")
         self.log_alpha = nn.Parameter(torch.full((self.shape[0],), math.log(alpha)))

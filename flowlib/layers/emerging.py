@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from .registry import register
 
 __all__ = ["Emerging"]
@@ -73,8 +73,7 @@ class Emerging(Flow):
 
     def __init__(self, shape, kernel_size: int = 3, init_scale: float = 0.05):
         super().__init__(shape)
-        if len(shape) != 3 or shape[0] is None:
-            raise ValueError(f"emerging needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
+        sample_shape(shape, "emerging")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"emerging needs an odd kernel_size >= 1, got {kernel_size}")
         C, k = int(shape[0]), kernel_size

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from .registry import register
 
 __all__ = ["Periodic", "circular_kernel_spectrum"]
@@ -84,8 +84,7 @@ class Periodic(Flow):
 
     def __init__(self, shape, kernel_size: int = 3, init_scale: float = 0.05):
         super().__init__(shape)
-        if len(shape) != 3 or shape[0] is None:
-            raise ValueError(f"periodic needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
+        sample_shape(shape, "periodic")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"periodic needs an odd kernel_size >= 1, got {kernel_size}")
         C, k = int(shape[0]), kernel_size

@@ -13,17 +13,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from ..linalg import expm
 from .registry import register
 
 __all__ = ["ActNorm", "Conv1x1", "Conv1x1LU", "Conv1x1Exp"]
-
-
-def _channels(shape, who: str) -> int:
-    if len(shape) < 2 or shape[0] is None:
-        raise ValueError(f"{who} needs shape=(C, H, W) with a fixed channel count C, got shape={tuple(shape)}")
-    return int(shape[0])
 
 
 def _pixels(x: Tensor) -> int:
@@ -79,7 +73,7 @@ class ActNorm(Flow):
 
     def __init__(self, shape, eps: float = 1e-6):
         super().__init__(shape)
-        C = _channels(shape, "actnorm")
+        C = sample_shape(shape, "actnorm", ndim=None)[0]  # (C, H, W); (C, N) for GraphActNorm
         self.eps = eps
         self.bias = nn.Parameter(torch.zeros(C))
         self.logs = nn.Parameter(torch.zeros(C))
@@ -185,7 +179,7 @@ class Conv1x1(_ChannelMatrix):
 
     def __init__(self, shape):
         super().__init__(shape)
-        self.W = nn.Parameter(_random_orthogonal(_channels(shape, "conv1x1")))
+        self.W = nn.Parameter(_random_orthogonal(sample_shape(shape, "conv1x1")[0]))
 
     def weight(self) -> Tensor:
         return self.W
@@ -230,7 +224,7 @@ class Conv1x1LU(_ChannelMatrix):
 
     def __init__(self, shape):
         super().__init__(shape)
-        C = _channels(shape, "conv1x1_lu")
+        C = sample_shape(shape, "conv1x1_lu")[0]
         P, L, U = torch.linalg.lu(_random_orthogonal(C))
         s = torch.diagonal(U)
         self.register_buffer("P", P)
@@ -295,7 +289,7 @@ class Conv1x1Exp(_ChannelMatrix):
 
     def __init__(self, shape, init_scale: float = 0.1):
         super().__init__(shape)
-        C = _channels(shape, "conv1x1_exp")
+        C = sample_shape(shape, "conv1x1_exp")[0]
         self.A = nn.Parameter(init_scale * torch.randn(C, C) / math.sqrt(C))
 
     # A fixed cap on squarings keeps the forward free of device syncs (torch.compile, CUDA graphs);

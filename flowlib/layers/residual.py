@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from ..functional import SeriesNotConverged, conv_spectral_norm_bound
 from .registry import register
 
@@ -280,8 +280,7 @@ class ResidualFlow(Flow):
         max_iter: int = 500,
     ):
         super().__init__(shape)
-        if len(shape) != 3 or shape[0] is None:
-            raise ValueError(f"residual needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
+        sample_shape(shape, "residual")
         if not 0 < lipschitz < 1:
             raise ValueError(f"residual needs 0 < lipschitz < 1 (contraction), got {lipschitz}")
         C = int(shape[0])

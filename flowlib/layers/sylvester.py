@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from ..functional import SeriesNotConverged
 from .convexp import RHO, TRAIN_TOL, ConvExp
 from .registry import register
@@ -152,8 +152,7 @@ class ConvSylvester(Flow):
         init_scale: float = 0.05,
     ):
         super().__init__(shape)
-        if len(shape) != 3 or shape[0] is None:
-            raise ValueError(f"sylvester needs shape=(C, H, W) with a fixed channel count, got shape={tuple(shape)}")
+        sample_shape(shape, "sylvester")
         C = int(shape[0])
         hidden = 2 * C if hidden is None else int(hidden)
         if hidden < 1:

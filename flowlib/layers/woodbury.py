@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, sample_shape
 from .registry import register
 
 __all__ = ["Woodbury"]
@@ -66,10 +66,7 @@ class Woodbury(Flow):
         self, shape, channel_rank: int | None = None, spatial_rank: int | None = None, init_scale: float = 0.05
     ):
         super().__init__(shape)
-        if len(shape) != 3 or any(s is None for s in shape):
-            raise ValueError(
-                f"woodbury needs a fixed shape=(C, H, W) (its spatial factors are [H*W, d]), got shape={tuple(shape)}"
-            )
+        sample_shape(shape, "woodbury", fixed_size=True)  # its spatial factors are [H*W, d]
         C, N = int(shape[0]), int(shape[1]) * int(shape[2])
         d_c = min(C, 8) if channel_rank is None else channel_rank
         d_s = min(N, 16) if spatial_rank is None else spatial_rank

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Flow
+from ..core import Flow, half_sizes, merge_halves, split_halves, standard_normal_logp
 from ..nets import DenseBlock, make_net
 from ..precision import conditioned
 from .mixing import make_mixing
-from .priors import standard_normal_logp
 from .reshape import unsqueeze2d
 
 __all__ = ["Preprocess", "UniformDequantizer", "FlowDequantizer", "ConditionalAffineCoupling", "context_encoder"]
@@ -90,21 +89,18 @@ class ConditionalAffineCoupling(nn.Module):
 
     def __init__(self, channels: int, context_channels: int, swap: bool, net: str, **net_kwargs):
         super().__init__()
-        self.sizes = [channels // 2, channels - channels // 2]
         self.swap = swap
-        c_a, c_b = self.sizes[::-1] if swap else self.sizes
+        c_a, c_b = half_sizes(channels, swap)
         self.net = make_net(net, c_a + context_channels, 2 * c_b, **net_kwargs)
         self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
 
     def forward(self, s: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        first, second = s.split(self.sizes, dim=1)
-        s_a, s_b = (second, first) if self.swap else (first, second)
+        s_a, s_b = split_halves(s, self.swap)
         inp = torch.cat([s_a, h], dim=1)  # [B, C_a + C_h, H, W]
         raw, t = conditioned(self.net, inp, self.conditioner_dtype).chunk(2, dim=1)  # 2 x [B, C_b, H, W]
         log_s = 2.0 * torch.tanh(raw / 2.0)
         y_b = s_b * torch.exp(log_s) + t
-        y = torch.cat([y_b, s_a] if self.swap else [s_a, y_b], dim=1)  # [B, C, H, W]
-        return y, log_s.flatten(1).sum(1)
+        return merge_halves(s_a, y_b, self.swap), log_s.flatten(1).sum(1)  # [B, C, H, W], [B]
 
 
 def context_encoder(kind: str, channels: int, context: int, gated: bool = True) -> nn.Module:

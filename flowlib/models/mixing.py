@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow, Sequential
+from ..core import Flow, Sequential, sample_shape
 from ..layers import make
 
 __all__ = ["PixelBias", "make_mixing"]
@@ -34,8 +34,7 @@ class PixelBias(Flow):
 
     def __init__(self, shape):
         super().__init__(shape)
-        if len(self.shape) != 3 or None in self.shape:
-            raise ValueError(f"PixelBias needs a fixed image shape (C, H, W), got {self.shape}")
+        sample_shape(self.shape, "PixelBias", fixed_size=True)
         self.bias = nn.Parameter(torch.zeros(self.shape))
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,22 +8,14 @@ normal noise ``eps``: for ``z ~ N(mu, sigma^2)`` we return ``eps = (z - mu) / si
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from ..core import half_sizes, merge_halves, split_halves, standard_normal_logp
 from ..nets import make_net
 from ..precision import conditioned
 
-__all__ = ["standard_normal_logp", "SplitPrior", "GaussianPrior"]
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def standard_normal_logp(eps: Tensor) -> Tensor:
-    """``sum log N(eps; 0, 1)`` over all axes but the batch: ``[B, ...] -> [B]``."""
-    return -0.5 * (eps.square() + _LOG_2PI).flatten(1).sum(1)
+__all__ = ["SplitPrior", "GaussianPrior"]
 
 
 class SplitPrior(nn.Module):
@@ -55,10 +47,10 @@ class SplitPrior(nn.Module):
         C, H, W = shape
         if C < 2:
             raise ValueError(f"SplitPrior needs >= 2 channels to split, got shape {tuple(shape)}")
-        self.sizes = [C // 2, C - C // 2]
-        self.out_shape = (self.sizes[0], H, W)
-        self.latent_shape = (self.sizes[1], H, W)
-        self.net = make_net(net, self.sizes[0], 2 * self.sizes[1], **net_kwargs) if learned else None
+        kept, factored = half_sizes(C)
+        self.out_shape = (kept, H, W)
+        self.latent_shape = (factored, H, W)
+        self.net = make_net(net, kept, 2 * factored, **net_kwargs) if learned else None
         self.conditioner_dtype = None  # flowlib.precision.set_conditioner_dtype
 
     def params(self, z1: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,14 +63,14 @@ class SplitPrior(nn.Module):
         return mu, 2.0 * torch.tanh(raw / 2.0)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        z1, z2 = z.split(self.sizes, dim=1)
+        z1, z2 = split_halves(z)
         mu, log_sigma = self.params(z1)
         eps = (z2 - mu) * torch.exp(-log_sigma)
         return z1, eps, standard_normal_logp(eps) - log_sigma.flatten(1).sum(1)
 
     def inverse(self, z1: Tensor, eps: Tensor) -> Tensor:
         mu, log_sigma = self.params(z1)
-        return torch.cat([z1, mu + torch.exp(log_sigma) * eps], dim=1)  # [B, C, H, W]
+        return merge_halves(z1, mu + torch.exp(log_sigma) * eps)  # [B, C, H, W]
 
 
 class GaussianPrior(nn.Module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..core import Flow, get_validation
+from ..core import Flow, check_input, sample_shape
 
 __all__ = ["squeeze2d", "unsqueeze2d", "Squeeze", "Flip"]
 
@@ -46,7 +46,7 @@ class Squeeze(Flow):
 
     def __init__(self, shape):
         super().__init__(shape)
-        C, H, W = self.shape
+        C, H, W = sample_shape(self.shape, "Squeeze", fixed_size=True)
         if H % 2 or W % 2:
             raise ValueError(f"Squeeze needs even H and W, got shape {self.shape}")
         self.out_shape = (4 * C, H // 2, W // 2)
@@ -59,9 +59,7 @@ class Squeeze(Flow):
 
     def inverse(self, y: Tensor) -> Tensor:
         # The inverse's input has the squeezed shape, not ``self.shape``.
-        if get_validation() != "off" and (y.dim() != 4 or tuple(y.shape[1:]) != self.out_shape):
-            expected = ", ".join(map(str, self.out_shape))
-            raise ValueError(f"Squeeze.inverse expects input of shape [B, {expected}], got {list(y.shape)}")
+        check_input(y, self.out_shape, self.label, "inverse")
         return self._inverse(y)
 
 

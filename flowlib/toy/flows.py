@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow, Sequential
+from ..core import Flow, FlowDistribution, Sequential, half_sizes, merge_halves, split_halves
 from ..linalg import expm
 
 __all__ = [
@@ -82,21 +82,20 @@ class ExpLinear(Flow):
 
 
 class _Coupling(Flow):
-    """Split ``x = (x_1, x_2)`` (``x_1`` the first ``D // 2`` entries, or the last if ``flip``)."""
+    """Split ``x = (x_1, x_2)`` (:func:`flowlib.core.split_halves`: ``x_1`` the first ``D // 2`` entries,
+    or the last ``D - D // 2`` if ``swap``)."""
 
-    def __init__(self, shape, flip: bool):
+    def __init__(self, shape, swap: bool):
         super().__init__(shape)
         self.D = _dim(shape, type(self).__name__)
-        self.d1 = self.D - self.D // 2 if flip else self.D // 2
-        self.flip = flip
+        self.swap = swap
+        self.d1, self.d2 = half_sizes(self.D, swap)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.flip:
-            return x[:, self.D - self.d1 :], x[:, : self.D - self.d1]
-        return x[:, : self.d1], x[:, self.d1 :]
+        return split_halves(x, self.swap)
 
     def _join(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return torch.cat([x2, x1] if self.flip else [x1, x2], dim=1)
+        return merge_halves(x1, x2, self.swap)
 
 
 class AffineCoupling(_Coupling):
@@ -117,10 +116,9 @@ class AffineCoupling(_Coupling):
     Taught in notebooks 01 and 04.
     """
 
-    def __init__(self, shape, hidden: int = 64, flip: bool = False):
-        super().__init__(shape, flip)
-        d2 = self.D - self.d1
-        self.net = _mlp(self.d1, 2 * d2, hidden)
+    def __init__(self, shape, hidden: int = 64, swap: bool = False):
+        super().__init__(shape, swap)
+        self.net = _mlp(self.d1, 2 * self.d2, hidden)
 
     def _params(self, x1: Tensor) -> tuple[Tensor, Tensor]:
         raw, t = self.net(x1).chunk(2, dim=1)  # [B, d2] each
@@ -158,9 +156,8 @@ class ExpCoupling(_Coupling):
     Taught in notebook 01; the image version is ``make("exp_coupling", ...)``.
     """
 
-    def __init__(self, shape, hidden: int = 64, flip: bool = False):
-        super().__init__(shape, flip)
-        self.d2 = self.D - self.d1
+    def __init__(self, shape, hidden: int = 64, swap: bool = False):
+        super().__init__(shape, swap)
         self.net = _mlp(self.d1, self.d2 * self.d2 + self.d2, hidden)
 
     def _params(self, x1: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,23 +193,24 @@ def toy_flow(dim: int = 2, depth: int = 4, coupling: str = "affine", hidden: int
     layers: list[Flow] = []
     for i in range(depth):
         layers.append(ExpLinear((dim,)))
-        layers.append(_COUPLINGS[coupling]((dim,), hidden=hidden, flip=bool(i % 2)))
+        layers.append(_COUPLINGS[coupling]((dim,), hidden=hidden, swap=bool(i % 2)))
     return Sequential(*layers)
 
 
 def log_prob(flow: Flow, x: Tensor) -> Tensor:
-    """``log p(x) = log N(f(x); 0, I) + log |det df/dx|`` per sample, shape ``[B]``."""
-    z, logdet = flow(x)
-    log_base = -0.5 * (z * z).sum(dim=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-    return log_base + logdet
+    """``log p(x) = log N(f(x); 0, I) + log |det df/dx|`` per sample, shape ``[B]``.
+
+    The functional form of :meth:`flowlib.core.FlowDistribution.log_prob`.
+    """
+    return FlowDistribution(flow).log_prob(x)
 
 
-@torch.no_grad()
 def sample(flow: Flow, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draw ``n`` samples: ``x = f^{-1}(z)`` with ``z ~ N(0, I)``, shape ``[n, D]``."""
-    param = next(flow.parameters())
-    z = torch.randn(n, *flow.shape, generator=generator).to(param)
-    return flow.inverse(z)
+    """Draw ``n`` samples: ``x = f^{-1}(z)`` with ``z ~ N(0, I)``, shape ``[n, D]``.
+
+    The functional form of :meth:`flowlib.core.FlowDistribution.sample` (``z`` in the flow's dtype).
+    """
+    return FlowDistribution(flow).sample(n, generator)
 
 
 def fit_density(
