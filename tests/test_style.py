@@ -17,3 +17,10 @@ def test_ruff(args):
     paths = ["flowlib", "tests", "benchmarks", "lessons/make_solutions.py", "lessons/solutions/answers.py"]
     result = subprocess.run([ruff, *args, *paths], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_function_over_120_lines_and_no_module_over_500():
+    result = subprocess.run(
+        [sys.executable, "scripts/code_sizes.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
