@@ -12,23 +12,15 @@ import pytest
 import torch
 
 from flowlib import data
+from flowlib.devices import DeviceError
 from flowlib.experiments import EXPERIMENTS, mixing, residual, run
 from flowlib.experiments.__main__ import main
-from flowlib.experiments.common import (
-    Arm,
-    BudgetError,
-    ExperimentError,
-    check_budget,
-    cifar_subset,
-    diff_note,
-    diverged_notes,
-    image_budget,
-    image_scale,
-    match_budget,
-    ordering,
-    paper_note,
-    protocol_text,
-)
+from flowlib.experiments.budget import BudgetError, check_budget, image_budget, match_budget
+from flowlib.experiments.grid import Arm, ExperimentError
+from flowlib.experiments.images import cpu_real_schedule, image_scale
+from flowlib.experiments.provenance import protocol_text
+from flowlib.experiments.report import diff_note, diverged_notes, ordering, paper_note
+from flowlib.layers import available
 from flowlib.models import build_model
 
 SEEDS = 3
@@ -123,38 +115,35 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
         run("mixing", "gpu-small", out=tmp_path, runs=tmp_path, device="cpu", quiet=True)
     with pytest.raises(ExperimentError, match="'stability' has no 'cpu-real' scale"):
         run("stability", "cpu-real", out=tmp_path, runs=tmp_path, device="cpu", quiet=True)
-    for argv in (
+    with pytest.raises(DeviceError, match="device must be one of auto, cuda, cpu; got 'tpu'"):
+        run("graph", "ci", device="tpu")
+    usage_errors = [
         ["nope", "--scale", "ci"],
         ["graph", "--scale", "huge"],
         ["graph"],
         ["graph", "--scale", "ci", "--seeds", "1", "--out", str(tmp_path)],
-    ):
+        [
+            "mixing",
+            "--scale",
+            "cpu-real",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path),
+            "--runs",
+            str(tmp_path),
+        ],
+    ]
+    if not torch.cuda.is_available():
+        usage_errors.append(["graph", "--scale", "ci", "--device", "cuda", "--out", str(tmp_path)])
+    for argv in usage_errors:
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-    assert "seeds must be an integer >= 3" in capsys.readouterr().err
-
-
-def test_cifar_subset_reads_only_the_first_batch_and_the_test_batch(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (60, 3, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.arange(60) % 10
-    source = data.write_cifar_batches(tmp_path / "full", images, labels)  # 10 images per file
-    for name in ("data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
-        (source / name).unlink()  # only data_batch_1, test_batch and batches.meta travel
-    subset = cifar_subset(source, tmp_path / "subset", n_test=2)
-    train_x, _ = data.load_cifar10(subset, "train")
-    test_x, test_y = data.load_cifar10(subset, "test")
-    assert torch.equal(train_x, images[:10]) and torch.equal(test_x, images[50:52])
-    assert test_y.tolist() == labels[50:52].tolist()
-    with pytest.raises(ExperimentError, match="subset needs 15 train"):
-        cifar_subset(source, tmp_path / "too-big", n_test=3)
-    pooled = cifar_subset(source, tmp_path / "pooled", n_test=2, pool=2)
-    assert torch.equal(data.load_cifar10(pooled, "train")[0], data.average_pool(images[:10], 2))
-    assert torch.equal(data.load_cifar10(pooled, "test")[0], data.average_pool(images[50:52], 2))
-    (source / "test_batch").unlink()
-    with pytest.raises(ExperimentError, match="test_batch is missing"):
-        cifar_subset(source, tmp_path / "other", n_test=2)
+    err = capsys.readouterr().err
+    assert "seeds must be an integer >= 3" in err
+    assert f"CIFAR-10 subset: {tmp_path / 'none' / 'batches.meta'} is missing" in err  # a DataError, not a traceback
+    assert torch.cuda.is_available() or "no CUDA device is available" in err
 
 
 def _budget(module, scale):
@@ -183,7 +172,8 @@ def _budget(module, scale):
 def test_cpu_real_arms_and_budgets():
     """The shipped cpu-real settings: every arm of the brief, 16x16 images, budgets within 5%."""
     ((budget, models),) = _budget(mixing, "cpu-real").values()
-    assert set(models) == {*mixing.MIXINGS, "convexp-official"} and len(mixing.MIXINGS) == 8
+    assert mixing.MIXINGS == tuple(available("mixing")) and len(mixing.MIXINGS) == 8  # the registry's, sorted
+    assert list(models) == [*mixing.MIXINGS, "convexp-official"]  # the arms, in the order of the result tables
     assert models["convexp-official"]["mixing_kwargs"] == {"train_terms": 6, "eval_terms": 13}
     official = build_model(mixing.SCALES["cpu-real"]["preset"], **models["convexp-official"])
     layers = [m for m in official.modules() if getattr(m, "name", None) == "convexp"]
@@ -195,6 +185,15 @@ def test_cpu_real_arms_and_budgets():
     budget, models = res["uniform"]
     assert set(models) == {"sylvester-uniform", "residual-uniform", "coupling-uniform"}
     assert budget["spread"] <= 0.05 and budget["widths"]["sylvester-uniform"] is None
+
+
+def test_cpu_real_schedules_have_one_home():
+    """mixing and residual train on the same cpu-real schedule but for steps and residual's clipping."""
+    shared = dict(batch_size=32, lr=2e-3, warmup_epochs=0.5, lr_decay=0.99, log_every=50, eval_every=10**6)
+    assert mixing.SCALES["cpu-real"]["train"] == cpu_real_schedule(500) == {"steps": 500, **shared, "save_every": 100}
+    res = residual.SCALES["cpu-real"]["train"]
+    assert res == cpu_real_schedule(400, grad_clip=1.0) == {"steps": 400, **shared, "grad_clip": 1.0, "save_every": 100}
+    assert list(res) == [*list(res)[:5], "grad_clip", "log_every", "eval_every", "save_every"]  # protocol text order
 
 
 @pytest.fixture

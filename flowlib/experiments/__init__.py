@@ -27,6 +27,13 @@ the command, scale, device, torch version and date. Finished ``(arm, seed)`` run
 in ``<runs>/<name>-<scale>/<arm>/seed<k>/result.json`` and never re-run, so an interrupted
 experiment continues where it stopped when the same command is run again. At ``ci`` scale
 and cpu-real scale on a CPU the runs use one thread (small models gain nothing from more).
+
+The machinery the experiments share, one module per job: :mod:`~flowlib.experiments.grid`
+(arms, the resumable run over arms and seeds, aggregation), :mod:`~flowlib.experiments.budget`
+(matching and checking parameter counts), :mod:`~flowlib.experiments.report` (tables, the
+wording of paper comparisons, the result files), :mod:`~flowlib.experiments.provenance`
+(scales, command, environment, protocol) and :mod:`~flowlib.experiments.images` (scales,
+data, the trained run and the grid of the image experiments).
 """
 
 from __future__ import annotations
@@ -35,10 +42,26 @@ from pathlib import Path
 
 import torch
 
-from . import common, graph, mixing, residual, stability
-from .common import CPU_SCALES, MIN_SEEDS, SCALES, ExperimentError, command_line, resolve_device
+from flowlib.devices import resolve_device
 
-__all__ = ["EXPERIMENTS", "run", "common", "mixing", "residual", "stability", "graph", "ExperimentError"]
+from . import budget, graph, grid, images, mixing, provenance, report, residual, stability
+from .grid import MIN_SEEDS, ExperimentError
+from .provenance import CPU_SCALES, SCALES, command_line
+
+__all__ = [
+    "EXPERIMENTS",
+    "run",
+    "mixing",
+    "residual",
+    "stability",
+    "graph",
+    "ExperimentError",
+    "provenance",
+    "grid",
+    "budget",
+    "report",
+    "images",
+]
 
 EXPERIMENTS = {"mixing": mixing, "residual": residual, "stability": stability, "graph": graph}
 
@@ -67,6 +90,10 @@ def run(
         data_dir: the ``cifar-10-batches-py`` directory (image experiments at cpu-real, gpu-small and paper scale).
         quiet: no progress lines.
         command: the command recorded in the result files (default: the equivalent CLI command).
+
+    Raises :class:`ExperimentError` for a bad name, scale, seed count or a missing
+    ``data_dir``, :class:`flowlib.devices.DeviceError` for a bad device (``cuda`` without a
+    GPU) and :class:`flowlib.data.DataError` for a data directory without the files it needs.
     """
     if name not in EXPERIMENTS:
         raise ExperimentError(
@@ -83,7 +110,7 @@ def run(
             f"seeds must be an integer >= {MIN_SEEDS} (the protocol reports mean ± std over "
             f"at least {MIN_SEEDS} seeds), got {seeds!r}"
         )
-    device = resolve_device(device)
+    device = resolve_device(device).type  # 'cpu' or 'cuda'
     runs = Path(runs) if runs is not None else Path("runs") / "experiments"
     if command is None:
         command = command_line(name, scale, seeds, {"data_dir": data_dir})

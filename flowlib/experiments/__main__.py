@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flowlib.data import DataError
+from flowlib.devices import DEVICES, DeviceError
+
 from . import EXPERIMENTS, run
-from .common import MIN_SEEDS, SCALES, ExperimentError, command_line
+from .grid import MIN_SEEDS, ExperimentError
+from .provenance import SCALES, command_line
 
 
 def main(argv=None) -> int:
@@ -28,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=MIN_SEEDS, help=f"seeds per arm (>= {MIN_SEEDS})")
     p.add_argument("--out", default="results", help="directory of the result files (default: results)")
     p.add_argument("--runs", default="runs/experiments", help="directory of per-run outputs (resumable)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--data-dir", default=None, help="cifar-10-batches-py directory (gpu-small/paper image experiments)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
                 command=command,
             )
             print(f"{name}: wrote " + ", ".join(str(p) for p in paths.values()))
-    except ExperimentError as e:
+    except (ExperimentError, DeviceError, DataError) as e:
         p.error(str(e))
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'finished runs are kept'}; run the same command again to continue", file=sys.stderr)

@@ -28,25 +28,18 @@ from pathlib import Path
 
 import torch
 
-from .common import (
+from .budget import budget_markdown, check_budget, match_budget
+from .grid import Arm, aggregate, log_line, run_grid
+from .provenance import SCALE_CAVEAT, protocol_text, result_info
+from .report import (
     DIVERGED_COLUMN,
     PARAMS_COLUMN,
-    SCALE_CAVEAT,
-    Arm,
-    aggregate,
-    budget_markdown,
-    check_budget,
     diff_note,
     diverged_notes,
-    log_line,
     markdown_table,
-    match_budget,
     mean_std,
     ordering,
     paper_note,
-    protocol_text,
-    result_info,
-    run_grid,
     write_results,
 )
 

@@ -1,8 +1,9 @@
 """Mixing layers compared inside one Glow-style model (Hoogeboom et al. 2020, Table 2).
 
 Protocol: the same multi-scale model (``flowlib.models`` preset; actnorm -> mixing ->
-affine coupling per step) with each mixing layer in turn: ``conv1x1``, ``conv1x1_lu``,
-``conv1x1_exp``, ``convexp``, ``emerging``, ``woodbury``, ``periodic``, ``dct``. Every arm
+affine coupling per step) with each mixing layer of the registry in turn
+(``flowlib.layers.available("mixing")``, sorted by name: ``conv1x1``, ``conv1x1_exp``,
+``conv1x1_lu``, ``convexp``, ``dct``, ``emerging``, ``periodic``, ``woodbury``). Every arm
 gets the same data, the same optimizer and schedule (the trainer's preset), the same
 number of steps and batch size, and at least 3 seeds. Parameter counts are equalised
 within 5% by changing each arm's conditioner width (DenseNet growth; hidden channels of
@@ -40,20 +41,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (
+from flowlib.layers import available
+
+from .budget import budget_markdown, image_budget
+from .grid import Arm, aggregate
+from .images import cpu_real_schedule, image_data, image_grid, image_info, image_scale
+from .provenance import SCALE_CAVEAT
+from .report import (
     DIVERGED_COLUMN,
     PARAMS_COLUMN,
-    SCALE_CAVEAT,
-    Arm,
-    aggregate,
-    budget_markdown,
     diff_note,
     diverged_notes,
-    image_budget,
-    image_data,
-    image_grid,
-    image_info,
-    image_scale,
     markdown_table,
     mean_std,
     ordering,
@@ -64,7 +62,7 @@ from .common import (
 __all__ = ["MIXINGS", "SCALES", "TITLE", "run"]
 
 TITLE = "Mixing layers in a Glow-style flow"
-MIXINGS = ("conv1x1", "conv1x1_lu", "conv1x1_exp", "convexp", "emerging", "woodbury", "periodic", "dct")
+MIXINGS = tuple(available("mixing"))  # every mixing layer of the registry, sorted by name (the arms' order)
 PAPER_ARMS = ("conv1x1", "emerging", "woodbury")  # the baselines of the paper's table
 OFFICIAL_TERMS = {"train_terms": 6, "eval_terms": 13}  # the official code's fixed series lengths
 
@@ -74,16 +72,7 @@ SCALES = {
         "cpu-real",
         "tiny",
         model=dict(dequant="uniform", n_subflows=4),
-        train=dict(
-            steps=500,
-            batch_size=32,
-            lr=2e-3,
-            warmup_epochs=0.5,
-            lr_decay=0.99,
-            log_every=50,
-            eval_every=10**6,
-            save_every=100,
-        ),
+        train=cpu_real_schedule(500),
         knob="hidden_channels",
         base=32,
     ),

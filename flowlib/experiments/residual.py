@@ -32,20 +32,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (
+from .budget import budget_markdown, image_budget
+from .grid import Arm, aggregate
+from .images import cpu_real_schedule, image_data, image_grid, image_info, image_scale
+from .provenance import SCALE_CAVEAT
+from .report import (
     DIVERGED_COLUMN,
     PARAMS_COLUMN,
-    SCALE_CAVEAT,
-    Arm,
-    aggregate,
-    budget_markdown,
     diff_note,
     diverged_notes,
-    image_budget,
-    image_data,
-    image_grid,
-    image_info,
-    image_scale,
     markdown_table,
     mean_std,
     ordering,
@@ -71,17 +66,7 @@ SCALES = {
         "cpu-real",
         "tiny",
         model=dict(mixing="none", n_subflows=2, hidden_channels=32),
-        train=dict(
-            steps=400,
-            batch_size=32,
-            lr=2e-3,
-            warmup_epochs=0.5,
-            lr_decay=0.99,
-            grad_clip=1.0,
-            log_every=50,
-            eval_every=10**6,
-            save_every=100,
-        ),
+        train=cpu_real_schedule(400, grad_clip=1.0),
         n_test=500,
         dequants=("uniform",),
         widths={"residual": "hidden_channels", "coupling": "hidden_channels"},

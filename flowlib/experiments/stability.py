@@ -29,25 +29,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (
-    DIVERGED_COLUMN,
-    PARAMS_COLUMN,
-    SCALE_CAVEAT,
-    Arm,
-    aggregate,
-    budget_markdown,
-    diff_note,
-    fmt,
-    image_budget,
-    image_data,
-    image_grid,
-    image_info,
-    image_scale,
-    markdown_table,
-    mean_std,
-    paper_note,
-    write_results,
-)
+from .budget import budget_markdown, image_budget
+from .grid import Arm, aggregate
+from .images import image_data, image_grid, image_info, image_scale
+from .provenance import SCALE_CAVEAT
+from .report import DIVERGED_COLUMN, PARAMS_COLUMN, diff_note, fmt, markdown_table, mean_std, paper_note, write_results
 
 __all__ = ["COUPLINGS", "CONV1X1", "SCALES", "TITLE", "run"]
 
