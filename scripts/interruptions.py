@@ -39,37 +39,11 @@ KINDS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGINT x2")
 
 def command(out: Path, steps: int, *extra: str) -> list[str]:
     """The trainer's command line of every run (reference, interrupted, resumed)."""
-    return [
-        sys.executable,
-        "-m",
-        "flowlib.train",
-        "--preset",
-        "tiny",
-        "--dataset",
-        "digits",
-        "--steps",
-        str(steps),
-        "--batch-size",
-        "32",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "15",
-        "--save-every",
-        "7",
-        "--eval-images",
-        "64",
-        "--n-samples",
-        "4",
-        "--temperatures",
-        "1.0",
-        "--deterministic",
-        "--progress",
-        "false",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    flags = (
+        f"--preset tiny --dataset digits --steps {steps} --batch-size 32 --log-every 1 --eval-every 15 "
+        "--save-every 7 --eval-images 64 --n-samples 4 --temperatures 1.0 --deterministic --progress false"
+    )
+    return [sys.executable, "-m", "flowlib.train", *flags.split(), "--out", str(out), *extra]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

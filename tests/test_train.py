@@ -172,26 +172,8 @@ def test_cli_subprocess_ctrl_c_saves_and_resumes(tmp_path):
     )
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "flowlib.train",
-        "--preset",
-        "tiny",
-        "--dataset",
-        "digits",
-        "--steps",
-        "100000",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "100000",
-        "--save-every",
-        "100000",
-        "--progress=false",
-        "--out",
-        str(out),
-    ]
+    flags = "--preset tiny --dataset digits --steps 100000 --log-every 1 --eval-every 100000 --save-every 100000"
+    cmd = [sys.executable, "-m", "flowlib.train", *flags.split(), "--progress=false", "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     try:
         deadline = time.time() + 120
