@@ -1,29 +1,20 @@
 """Image data for flowlib: CIFAR-10 from its python batches, two embedded sets, a GPU batcher.
 
-* :func:`load_cifar10` reads the original CIFAR-10 "python version" (``data_batch_1`` ..
-  ``data_batch_5``, ``test_batch``, ``batches.meta``), checks every file's structure
-  (keys, dtype, shape, label range, counts) and names the file when something is wrong.
-  With ``download=True`` it fetches the official archive, verifies its MD5 and extracts it.
-  Individual files are *not* checksummed, so a re-ordered or re-written copy in the same
-  format loads as well as the official files do.
-* :func:`find_cifar10` says where CIFAR-10 is: an explicit directory, else ``$FLOWLIB_DATA``,
-  else ``~/.cache/flowlib/cifar-10-batches-py`` (downloading there only when asked).
-* :func:`average_pool` downsamples uint8 images by averaging ``f x f`` blocks (the CPU-sized
-  16x16 CIFAR-10 of ``python -m flowlib.experiments ... --scale cpu-real``).
-* :func:`load_digits` (scikit-learn's bundled 8x8 digits) and :func:`load_synthetic`
-  (generated smooth blobs and stripes) need no download; they make CPU runs and tests possible.
-* :func:`write_cifar_batches` writes images in the exact on-disk CIFAR-10 format
-  (tests and notebook 05's test mode use it to make small CIFAR-format directories), and
-  :func:`cifar_subset` a subset of a CIFAR-10 directory (optionally downsampled).
-* :class:`GPUBatches` keeps the whole uint8 data set on the device (CIFAR-10 train is
-  150 MB) and draws index permutations and horizontal flips there: no per-image Python work.
+One module per job; this package re-exports their public names (``flowlib.data.<name>``):
+
+* :mod:`.cifar` - :func:`load_cifar10` (the original python batches, every file's structure
+  checked, the bad file named), :func:`find_cifar10` (an explicit directory, ``$FLOWLIB_DATA``,
+  ``~/.cache/flowlib``) and :func:`download_cifar10` (the official archive, MD5-checked);
+* :mod:`.writing` - :func:`write_cifar_batches` (the exact on-disk format, for tests and small
+  copies), :func:`average_pool` (``f x f`` block means: the 16x16 CIFAR-10 of the cpu-real
+  experiments) and :func:`cifar_subset` (a subset read from three of the files);
+* :mod:`.sources` - :func:`load_digits` and :func:`load_synthetic`, which need no download,
+  and :func:`load_dataset` over :data:`DATASETS`;
+* :mod:`.batching` - :class:`GPUBatches`: the whole uint8 set on the device (CIFAR-10 train is
+  150 MB), index permutations and horizontal flips drawn there.
 
 Every loader returns ``(images, labels)``: ``images`` a uint8 tensor ``[N, C, H, W]`` with
 values 0..255, ``labels`` an int64 tensor ``[N]``. Notebook 05 trains on them.
-
-Modules: :mod:`.cifar` (reading, finding, downloading), :mod:`.writing` (the pickle format,
-downsampling, subsets), :mod:`.sources` (embedded sets, :func:`load_dataset`) and
-:mod:`.batching` (device-resident batches). This package re-exports their public names.
 """
 
 from .batching import GPUBatches, batches
