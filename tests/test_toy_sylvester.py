@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from flowlib.functional import SeriesNotConverged
-from flowlib.layers.residual import fixed_point_iterations, measured_lipschitz
-from flowlib.testing import flow_errors, perturb_
+from flowlib.functional import SeriesNotConverged, fixed_point_iterations
+from flowlib.testing import flow_errors, measured_lipschitz, perturb_
 from flowlib.toy import sample
 from flowlib.toy.flows import fit_density
 from flowlib.toy.sylvester import (

@@ -73,11 +73,6 @@ TRAIN_TOL = 1e-6  # series tolerance (relative to ||x||) in training mode: 9 ter
 EVAL_TOL = 1e-12  # series tolerance in eval mode (float64 checks, sampling): 14 terms at rho = 0.95
 
 
-def _rescale(weight: Tensor, bound: Tensor, rho: float) -> Tensor:
-    """``weight * min(1, rho / bound)`` (differentiable; ``bound = 0`` leaves ``weight`` unchanged)."""
-    return weight * torch.clamp(rho / bound.clamp_min(1e-12), max=1.0)
-
-
 def _series_terms(rho: float, tol: float, terms: int | None, name: str) -> int:
     """``terms`` if given (an explicit override, checked ``>= 1``), else ``conv_exp_terms(rho, tol)``."""
     if terms is None:
@@ -184,7 +179,8 @@ class ConvExp(Flow):
             raise ValueError(
                 f"convexp with shape={self.shape} has no fixed image size: call effective_kernel(height, width)"
             )
-        return _rescale(self.kernel, Fn.conv_spectral_norm_bound(self.kernel, int(height), int(width)), self.rho)
+        bound = Fn.conv_spectral_norm_bound(self.kernel, int(height), int(width))
+        return Fn.rescale_to_bound(self.kernel, bound, self.rho)
 
     def transform(self, x: Tensor) -> Tensor:
         """``exp(M) Q x`` without the log-determinant (used by :class:`~flowlib.layers.sylvester.ConvSylvester`)."""
@@ -320,8 +316,9 @@ class GraphConvExp(Flow):
         bound = Fn.graph_conv_exp_norm_bound(
             self.adjacency, self.self_weight, self.neighbour_weight, self.eigenvalue_range
         )
-        factor = torch.clamp(self.rho / bound.clamp_min(1e-12), max=1.0)
-        return self.self_weight * factor, self.neighbour_weight * factor
+        return Fn.rescale_to_bound(self.self_weight, bound, self.rho), Fn.rescale_to_bound(
+            self.neighbour_weight, bound, self.rho
+        )
 
     def _to_nodes(self, x: Tensor) -> Tensor:
         if not self.image:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Flow, half_sizes, merge_halves, sample_shape, split_halves
+from ..functional import torus_kernel_spectrum
 from ..linalg import expm
 from ..nets import make_net
 from ..precision import conditioned
@@ -220,18 +221,6 @@ class ExpCoupling(_Coupling):
         return self._per_pixel(expm(-A, max_squarings=self.max_squarings), y_b - t)
 
 
-def _kernel_spectrum(kernel: Tensor, H: int, W: int) -> Tensor:
-    """``rfft2`` of the ``k x k`` kernels ``[B, n, k, k]`` placed on the ``H x W`` torus, centre tap at (0, 0).
-
-    Taps that fall on the same pixel (kernel larger than the image) add up.
-    """
-    k = kernel.shape[-1]
-    offsets = torch.arange(k, device=kernel.device) - k // 2
-    index = ((offsets % H)[:, None] * W + (offsets % W)[None, :]).flatten()  # [k*k] flat pixel of each tap
-    padded = kernel.new_zeros(*kernel.shape[:2], H * W).index_add(2, index, kernel.flatten(2))  # [B, n, H*W]
-    return torch.fft.rfft2(padded.unflatten(2, (H, W)))  # [B, n, H, W//2+1]
-
-
 def adaptive_circular_conv(x: Tensor, kernel: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample depthwise circular cross-correlation by FFT, and its log-determinant.
 
@@ -248,7 +237,7 @@ def adaptive_circular_conv(x: Tensor, kernel: Tensor) -> tuple[Tensor, Tensor]:
         ``(y [B, n, H, W], logdet [B])``.
     """
     H, W = x.shape[-2:]
-    spectrum = _kernel_spectrum(kernel, H, W)
+    spectrum = torus_kernel_spectrum(kernel, H, W, onesided=True)  # [B, n, H, W//2+1]
     y = torch.fft.irfft2(spectrum.conj() * torch.fft.rfft2(x), s=(H, W))
     # rfft2 keeps W//2+1 of the W frequencies of the last axis; the others are conjugates.
     weight = torch.full((W // 2 + 1,), 2.0, dtype=x.dtype, device=x.device)
@@ -262,7 +251,7 @@ def adaptive_circular_conv(x: Tensor, kernel: Tensor) -> tuple[Tensor, Tensor]:
 def adaptive_circular_deconv(y: Tensor, kernel: Tensor) -> Tensor:
     """Inverse of :func:`adaptive_circular_conv`: ``x_hat = y_hat / conj(K_hat)``."""
     H, W = y.shape[-2:]
-    spectrum = _kernel_spectrum(kernel, H, W)
+    spectrum = torus_kernel_spectrum(kernel, H, W, onesided=True)
     return torch.fft.irfft2(torch.fft.rfft2(y) / spectrum.conj(), s=(H, W))
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Flow, sample_shape
+from ..functional import torus_kernel_spectrum
 from .registry import register
 
 __all__ = ["Periodic", "circular_kernel_spectrum"]
@@ -21,23 +22,12 @@ def circular_kernel_spectrum(kernel: Tensor, H: int, W: int) -> Tensor:
         y[i, h, w] = sum_{j, a, b} kernel[i, j, a, b] x[j, (h + a - r) mod H, (w + b - r) mod W]
 
     so by the convolution theorem ``fft2(y)[:, u, v] = K(u, v) fft2(x)[:, u, v]`` with
-    ``K(u, v)[i, j] = sum_{a, b} kernel[i, j, a, b] exp(2 pi i (u (a - r) / H + v (b - r) / W))``.
+    ``K(u, v)[i, j] = sum_{a, b} kernel[i, j, a, b] exp(2 pi i (u (a - r) / H + v (b - r) / W))``,
+    the conjugate of the kernel's spectrum on the torus (:func:`flowlib.functional.torus_kernel_spectrum`).
     Taps that wrap around (``k > H``) simply add up. Returns ``[H, W, C, C]`` complex.
-    Cost ``O(C^2 k^2 H W)``; differentiable.
+    Cost one FFT of ``C^2 H W`` values; differentiable.
     """
-    C_out, C_in, kh, kw = kernel.shape
-    ctype = torch.complex128 if kernel.dtype == torch.float64 else torch.complex64
-    rh = torch.arange(kh, dtype=kernel.dtype, device=kernel.device) - kh // 2  # tap offsets a - r
-    rw = torch.arange(kw, dtype=kernel.dtype, device=kernel.device) - kw // 2
-    u = torch.arange(H, dtype=kernel.dtype, device=kernel.device)
-    v = torch.arange(W, dtype=kernel.dtype, device=kernel.device)
-    phase_h = torch.polar(
-        torch.ones(kh, H, dtype=kernel.dtype, device=kernel.device), 2 * math.pi * rh[:, None] * u[None, :] / H
-    )  # [k, H]
-    phase_w = torch.polar(
-        torch.ones(kw, W, dtype=kernel.dtype, device=kernel.device), 2 * math.pi * rw[:, None] * v[None, :] / W
-    )  # [k, W]
-    return torch.einsum("ijab,au,bv->uvij", kernel.to(ctype), phase_h, phase_w)  # [H, W, C, C]
+    return torus_kernel_spectrum(kernel, H, W).conj().permute(2, 3, 0, 1)  # [H, W, C_out, C_in]
 
 
 @register("periodic", role="mixing")

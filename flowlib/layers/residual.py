@@ -18,163 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Flow, sample_shape
-from ..functional import SeriesNotConverged, conv_spectral_norm_bound
+from ..functional import (
+    conv_spectral_norm_bound,
+    default_inverse_tol,
+    invert_contraction,
+    logdet_series,
+    rescale_to_bound,
+    series_terms,
+)
 from .registry import register
 
-__all__ = [
-    "ResidualFlow",
-    "LipSwish",
-    "series_terms",
-    "fixed_point_iterations",
-    "invert_contraction",
-    "default_inverse_tol",
-    "measured_lipschitz",
-]
-
-
-def series_terms(lipschitz: float, dim: int, tol: float) -> int:
-    """Fewest terms ``n`` with ``dim c^(n+1) / ((n+1)(1-c)) <= tol``: the truncation bias bound.
-
-    ``|tr(J^k)| <= dim ||J||_2^k <= dim c^k``, so the tail ``sum_{k>n} |tr(J^k)|/k`` of
-    the log-determinant series is at most ``dim c^(n+1) / ((n+1)(1-c))``.
-    """
-    if not 0 < lipschitz < 1:
-        raise ValueError(f"the log-det series needs a Lipschitz constant in (0, 1), got {lipschitz}")
-    n = 0
-    while dim * lipschitz ** (n + 1) / ((n + 1) * (1 - lipschitz)) > tol:
-        n += 1
-    return n
-
-
-def fixed_point_iterations(lipschitz: float, gap: float, tol: float) -> int:
-    """Fewest ``n >= 0`` with ``c^n / (1 - c) * gap <= tol``: the fixed-point iterations needed, known in advance.
-
-    For ``y = x + g(x)`` with ``Lip(g) <= c < 1`` the iteration ``x_{k+1} = y - g(x_k)``,
-    ``x_0 = y`` contracts with rate ``c`` (Banach), so ``||x_n - x|| <= c^n / (1 - c) ||x_1 - x_0||``
-    and ``||x_1 - x_0|| = ||g(y)|| = gap``. Hence ``n = ceil(log(tol (1 - c) / gap) / log c)``.
-
-    >>> fixed_point_iterations(0.5, gap=1.0, tol=1e-3)  # 0.5^11 / 0.5 = 9.8e-4 <= 1e-3 < 0.5^10 / 0.5
-    11
-    """
-    if not 0 < lipschitz < 1:
-        raise ValueError(f"the fixed-point inverse needs a Lipschitz constant in (0, 1), got {lipschitz}")
-    if not tol > 0:
-        raise ValueError(f"the fixed-point inverse needs tol > 0, got {tol}")
-    if not math.isfinite(gap):
-        raise ValueError(f"the fixed-point inverse needs a finite ||g(y)||, got {gap} (is the input finite?)")
-    if gap <= tol * (1 - lipschitz):
-        return 0
-    n = max(0, math.ceil(math.log(tol * (1 - lipschitz) / gap) / math.log(lipschitz)))
-    while lipschitz**n / (1 - lipschitz) * gap > tol:  # guard the rounding of the logarithms
-        n += 1
-    return n
-
-
-def default_inverse_tol(dtype: torch.dtype) -> float:
-    """Default relative tolerance of :func:`invert_contraction`: ``1e-12`` in float64, ``1e-6`` otherwise."""
-    return 1e-12 if dtype == torch.float64 else 1e-6
-
-
-def invert_contraction(g, y: Tensor, lipschitz: float, tol: float, max_iter: int, name: str) -> tuple[Tensor, int]:
-    """Solve ``x + g(x) = y`` for ``Lip(g) <= c < 1`` by ``x_{k+1} = y - g(x_k)``, ``x_0 = y`` (no autograd).
-
-    Per sample ``b`` (norms ``||.||`` are Euclidean over all non-batch dimensions, the norm
-    in which ``Lip(g) <= c`` holds) the target is ``||x_n - x|| <= t_b = tol (1 + ||y_b||)``:
-
-    * **a priori**: ``n = max_b fixed_point_iterations(c, ||g(y_b)||, t_b)`` iterations suffice
-      (error ``<= c^n / (1 - c) ||g(y_b)||``), so the cost is known before iterating;
-      :class:`~flowlib.functional.SeriesNotConverged` (naming ``name``) if ``n > max_iter``;
-    * **a posteriori** early stop once ``c / (1 - c) ||x_k - x_{k-1}|| <= t_b`` for every sample;
-    * **check**: the steps must shrink as promised, ``||x_k - x_{k-1}|| <= c^(k-1) ||g(y_b)||``
-      up to a rounding allowance ``sqrt(eps) (1 + ||y_b||)``; a larger step (or a non-finite
-      one) means ``g`` is not a contraction with constant ``c``: ``SeriesNotConverged``.
-
-    Floating point: every step adds a rounding error ``delta`` (a few ``eps`` times the size of
-    ``y``, ``g`` and ``g``'s hidden activations), so the computed iterate ends within
-    ``c^n / (1 - c) ||g(y)|| + delta / (1 - c)`` of the true inverse and the step size levels
-    off near ``delta`` instead of going to 0. The iteration therefore stops after ``n`` steps
-    whatever the step size (waiting for a step below a fixed multiple of ``eps`` stalls forever
-    in float32 on a trained flow).
-
-    Shapes: ``y: [B, ...]``; returns ``(x [B, ...], iterations)``. Cost: ``n + 1`` calls of ``g``
-    (``n ~ log(tol (1 - c) / ||g(y)||) / log c``) and one device synchronisation per iteration.
-
-    >>> y = torch.ones(3, 2, dtype=torch.float64)
-    >>> x, n = invert_contraction(lambda t: 0.5 * torch.sin(t), y, 0.5, 1e-12, 100, "demo")
-    >>> bool((x + 0.5 * torch.sin(x) - y).abs().max() < 1e-11), n <= fixed_point_iterations(0.5, 0.6, 1e-12)
-    (True, True)
-    """
-    with torch.no_grad():
-        gy = g(y)
-        y_norm, gap = y.flatten(1).norm(dim=1), gy.flatten(1).norm(dim=1)  # [B]
-        target = tol * (1 + y_norm)
-        # n depends on gap / target only, and grows with it: the worst sample decides (one device sync)
-        worst_ratio = float((gap / target).max()) if y.shape[0] else 0.0
-        if not math.isfinite(worst_ratio):
-            raise ValueError(
-                f"{name}.inverse: y or g(y) is not finite (||g(y)|| / tol = {worst_ratio}); check the input"
-            )
-        n = fixed_point_iterations(lipschitz, worst_ratio, 1.0)
-        if n > max_iter:
-            raise SeriesNotConverged(
-                f"{name}.inverse: the fixed point x = y - g(x) needs n={n} iterations for tol={tol:g} "
-                f"(Lip(g) <= {lipschitz}, max ||g(y)|| = {float(gap.max()):.3g}: error <= c^n/(1-c) ||g(y)||), "
-                f"more than max_iter={max_iter}; raise {name}.max_iter or loosen {name}.tol"
-            )
-        allowance = math.sqrt(torch.finfo(y.dtype).eps) * (1 + y_norm)
-        x, k = y - gy, 1
-        while k < n:
-            x_next = y - g(x)
-            step = (x_next - x).flatten(1).norm(dim=1)
-            x, k = x_next, k + 1
-            promised = lipschitz ** (k - 1) * gap + allowance
-            if not bool((step <= promised).all()):  # also catches NaN
-                worst = int(torch.argmax(torch.nan_to_num(step / promised, nan=math.inf)))
-                raise SeriesNotConverged(
-                    f"{name}.inverse: step {k} of the fixed point moved sample {worst} by {float(step[worst]):.3g}, "
-                    f"more than the contraction allows (c^(k-1) ||g(y)|| + rounding = {float(promised[worst]):.3g} "
-                    f"with c = {lipschitz}): g is not a contraction with Lip(g) <= {lipschitz}, or the input is "
-                    "not finite"
-                )
-            if bool((lipschitz / (1 - lipschitz) * step <= target).all()):
-                break
-    return x, k
-
-
-def measured_lipschitz(g, x: Tensor, jacobian_points: int = 8, generator: torch.Generator | None = None) -> float:
-    """A measured lower bound of ``Lip(g)``: what a guaranteed bound ``Lip(g) <= c`` must stay above.
-
-    The largest of (a) ``||g(a) - g(b)|| / ||a - b||`` over the pairs ``(x_i, x_pi(i))`` (a random
-    permutation: far pairs) and ``(x_i, x_i + 1e-3 s_i n_i)`` (``s_i = 1 + ||x_i||``, ``n_i`` a random
-    unit direction: near pairs, which approach the local slope), and (b) the spectral norm of the
-    dense Jacobian ``J_g(x_i)`` at the first ``jacobian_points`` samples (the local Lipschitz
-    constant exactly). Norms are Euclidean over all non-batch dimensions.
-
-    Shapes: ``x: [B, ...]``, ``g: [B, ...] -> [B, ...]``. Cost: 3 calls of ``g`` on ``B`` samples and
-    ``jacobian_points`` dense Jacobians (``D`` backward passes each, ``D`` = numel of one sample).
-
-    >>> A = torch.tensor([[0.3, 0.4], [0.0, 0.5]], dtype=torch.float64)
-    >>> c = measured_lipschitz(lambda t: t @ A.T, torch.randn(64, 2, dtype=torch.float64))
-    >>> abs(c - float(torch.linalg.matrix_norm(A, ord=2))) < 1e-12  # exact for a linear map
-    True
-    """
-    flat = x.flatten(1)
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    direction = torch.randn(flat.shape, generator=generator, dtype=x.dtype).to(x.device)
-    direction = direction / direction.norm(dim=1, keepdim=True)
-    near = (flat + 1e-3 * (1 + flat.norm(dim=1, keepdim=True)) * direction).reshape(x.shape)
-    with torch.no_grad():
-        gx = g(x).flatten(1)
-        ratios = [
-            (gx - gx[perm]).norm(dim=1) / (flat - flat[perm]).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny),
-            (gx - g(near).flatten(1)).norm(dim=1) / (flat - near.flatten(1)).norm(dim=1),
-        ]
-    best = max(float(r.max()) for r in ratios)
-    dim = flat.shape[1]
-    for point in x[:jacobian_points]:
-        jac = torch.autograd.functional.jacobian(lambda t: g(t.unsqueeze(0)).squeeze(0), point).reshape(dim, dim)
-        best = max(best, float(torch.linalg.matrix_norm(jac, ord=2)))
-    return best
+__all__ = ["ResidualFlow", "LipSwish"]
 
 
 class LipSwish(nn.Module):
@@ -207,7 +61,7 @@ class ResidualFlow(Flow):
     The factor ``1.0998 / 1.1 = 0.9998`` of the activation leaves room for the float32
     rounding of the computed bounds (relative ``~1e-6``), so ``Lip(g) <= c`` holds as computed.
 
-    Inverse: :func:`invert_contraction`, the fixed point ``x_{k+1} = y - g(x_k)`` from
+    Inverse: :func:`~flowlib.functional.invert_contraction`, the fixed point ``x_{k+1} = y - g(x_k)`` from
     ``x_0 = y`` without autograd, error ``<= c^n ||g(y)|| / (1 - c)`` after ``n`` iterations,
     run for the ``n`` that makes this ``<= tol (1 + ||y||)`` per sample (known in advance, about
     ``log(tol (1 - c) / ||g(y)||) / log c``; fewer when the a-posteriori bound is met first);
@@ -255,7 +109,7 @@ class ResidualFlow(Flow):
         lipschitz: ``c`` (default 0.9).
         n_exact, roulette_p: Russian roulette (default 2 and ``1 - c``).
         exact_max_dim, eval_probes: evaluation mode choices (above).
-        tol, max_iter: inverse (``tol`` default :func:`default_inverse_tol`: ``1e-12`` in float64,
+        tol, max_iter: inverse (``tol`` default :func:`~flowlib.functional.default_inverse_tol`: ``1e-12`` in float64,
             ``1e-6`` otherwise; ``max_iter`` 500).
 
     Example:
@@ -303,8 +157,7 @@ class ResidualFlow(Flow):
 
     # -- the contraction g ----------------------------------------------------------------
     def _normalized(self, w: Tensor, height: int, width: int) -> Tensor:
-        bound = conv_spectral_norm_bound(w, height, width)
-        return w * torch.clamp(math.sqrt(self.lipschitz) / bound.clamp_min(1e-12), max=1.0)
+        return rescale_to_bound(w, conv_spectral_norm_bound(w, height, width), math.sqrt(self.lipschitz))
 
     def g(self, x: Tensor, weights=None) -> Tensor:
         """The residual branch ``g(x)``, ``Lip(g) <= lipschitz``; ``weights`` = normalised ``(w1, w2)``."""
@@ -326,14 +179,8 @@ class ResidualFlow(Flow):
         return self.n_exact + int(draw) - 1
 
     def _roulette(self, gx: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-        n = self.sample_terms()
-        v = torch.randn_like(x)
-        w, logdet = v, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for k in range(1, n + 1):
-            (w,) = torch.autograd.grad(gx, x, w, create_graph=create_graph, retain_graph=True)  # v^T J^k
-            survival = (1 - self.roulette_p) ** max(0, k - self.n_exact)  # P(n >= k)
-            logdet = logdet + (-1) ** (k + 1) / (k * survival) * (w * v).flatten(1).sum(1)
-        return logdet
+        probe = torch.randn_like(x)[None]  # [1, B, C, H, W]
+        return logdet_series(gx, x, probe, self.sample_terms(), self.roulette_p, self.n_exact, create_graph)
 
     def _exact(self, gx: Tensor, x: Tensor, create_graph: bool) -> Tensor:
         B, D = x.shape[0], x[0].numel()
@@ -346,12 +193,8 @@ class ResidualFlow(Flow):
 
     def _hutchinson(self, gx: Tensor, x: Tensor, create_graph: bool) -> Tensor:
         generator = torch.Generator().manual_seed(0)
-        v = torch.randn(self.eval_probes, *x.shape, generator=generator, dtype=x.dtype).to(x.device)  # [P, B, ...]
-        w, logdet = v, 0
-        for k in range(1, self.eval_terms + 1):
-            (w,) = torch.autograd.grad(gx, x, w, create_graph=create_graph, retain_graph=True, is_grads_batched=True)
-            logdet = logdet + (-1) ** (k + 1) / k * (w * v).flatten(2).sum(2).mean(0)
-        return logdet
+        probes = torch.randn(self.eval_probes, *x.shape, generator=generator, dtype=x.dtype).to(x.device)  # [P, B, ...]
+        return logdet_series(gx, x, probes, self.eval_terms, create_graph=create_graph)
 
     # -- flow contract ----------------------------------------------------------------------
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Flow, sample_shape
-from ..functional import SeriesNotConverged
+from ..functional import SeriesNotConverged, default_inverse_tol
 from .convexp import RHO, TRAIN_TOL, ConvExp
 from .registry import register
 
@@ -210,7 +210,7 @@ class ConvSylvester(Flow):
         return z, torch.log(diagonal).flatten(1).sum(1)
 
     def _inverse(self, z: Tensor) -> Tensor:
-        tol = self.tol if self.tol is not None else (1e-12 if z.dtype == torch.float64 else 1e-5)
+        tol = self.tol if self.tol is not None else default_inverse_tol(z.dtype, low_precision=1e-5)
         weights = self._weights()
         v = self.basis.transform(z)
         threshold = tol * (1 + float(v.detach().abs().max()))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Flow, Sequential
-from ..layers.residual import default_inverse_tol, invert_contraction
+from ..functional import default_inverse_tol, invert_contraction, logdet_series, rescale_to_bound
 from ..linalg import expm
 
 __all__ = [
@@ -326,7 +326,7 @@ def series_logdet(
 
     ``log det(I + J) = sum_{k>=1} (-1)^{k+1} tr(J^k) / k`` (converges when
     ``||J|| < 1``), with Hutchinson's ``tr(J^k) ~ v^T J^k v``, ``v ~ N(0, I)``, and
-    ``J^k`` applied by ``k`` vector-Jacobian products.
+    ``J^k`` applied by ``k`` vector-Jacobian products (:func:`flowlib.functional.logdet_series`).
 
     * ``roulette=None``: the first ``n_terms`` terms (Behrmann et al. 2019): biased
       by the truncated tail.
@@ -345,34 +345,23 @@ def series_logdet(
             raise ValueError(f"roulette must be a probability in (0, 1), got {roulette}")
         u = torch.rand(batch, generator=generator, dtype=torch.float64)
         keep += torch.floor(torch.log(u) / math.log1p(-roulette)).long()  # G ~ Geometric, P(G >= j) = (1-p)^j
-    keep = keep.to(x.device)
-    n_max = int(keep.max())
+    probes = torch.stack([torch.randn(x.shape, generator=generator, dtype=x.dtype) for _ in range(n_samples)])
     with torch.enable_grad():
         x = x if x.requires_grad else x.detach().requires_grad_(True)
-        gx = g(x)
-        total = torch.zeros(batch, dtype=x.dtype, device=x.device)
-        for _ in range(n_samples):
-            v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            w = v
-            for k in range(1, n_max + 1):
-                (w,) = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=create_graph)  # w^T J^k
-                # term k is kept when N >= k, and divided by P(N >= k) = (1-p)^(k - n_terms) beyond n_terms
-                weight = 1.0 if (roulette is None or k <= n_terms) else (1 - roulette) ** -(k - n_terms)
-                term = (-1) ** (k + 1) / k * weight * (w * v).sum(dim=1)
-                total = total + torch.where(keep >= k, term, torch.zeros_like(term))
-    return total / n_samples
+        # term k counts for the samples with N >= k, divided by P(N >= k) = (1-p)^(k - n_terms) beyond n_terms
+        return logdet_series(g(x), x, probes.to(x.device), keep.to(x.device), roulette, n_terms, create_graph)
 
 
 class ResidualMLP(Flow):
     """Residual flow on vectors: ``y = x + g(x)`` with ``Lip(g) <= c = coeff^3 < 1``.
 
     Formula: ``g`` is a 3-layer MLP with LipSwish activations (slope ``<= 1.0998 / 1.1``) whose
-    weight matrices are divided by ``max(1, ||W||_2 / coeff)`` (exact spectral norm, cheap for
-    small matrices), recomputed on every call: so ``Lip(g) <= coeff^3`` (the attribute
+    weight matrices are scaled by ``min(1, coeff / ||W||_2)`` (:func:`~flowlib.functional.rescale_to_bound`;
+    exact spectral norm, cheap for small matrices), recomputed on every call: so ``Lip(g) <= coeff^3`` (the attribute
     ``lipschitz``) for *any* parameter values, after any training. Biases do not change a
     Lipschitz constant; the activation's slack ``0.9998`` covers the rounding of the computed
     norms. ``x -> x + g(x)`` is then invertible.
-    Inverse: :func:`~flowlib.layers.residual.invert_contraction`, the fixed point
+    Inverse: :func:`~flowlib.functional.invert_contraction`, the fixed point
     ``x_{k+1} = y - g(x_k)`` with error ``<= c^n / (1 - c) ||g(y)||`` after ``n`` iterations, run
     for the ``n`` that makes it ``<= tol (1 + ||y||)`` (known in advance; ``tol`` default ``1e-12``
     in float64, ``1e-6`` otherwise); raises :class:`~flowlib.functional.SeriesNotConverged` naming
@@ -422,8 +411,8 @@ class ResidualMLP(Flow):
     def g(self, x: Tensor) -> Tensor:
         """The residual branch ``g(x)``, ``Lip(g) <= coeff^3 = lipschitz``."""
         for k, layer in enumerate(self.layers):
-            sigma = torch.linalg.matrix_norm(layer.weight, ord=2)
-            x = F.linear(x, layer.weight / torch.clamp(sigma / self.coeff, min=1.0), layer.bias)
+            weight = rescale_to_bound(layer.weight, torch.linalg.matrix_norm(layer.weight, ord=2), self.coeff)
+            x = F.linear(x, weight, layer.bias)
             if k < len(self.layers) - 1:
                 x = _lipswish(x)
         return x

@@ -403,7 +403,7 @@ estimator stops at a random $n$ and reweights term $k$ by $1/P(N \ge k)$, which 
 a finite expected number of terms.
 """),
             code(r"""
-from flowlib.layers.residual import series_terms
+from flowlib.functional import series_terms
 
 needed, bounds = [], []
 for c in [0.5, 0.9, 0.99]:
