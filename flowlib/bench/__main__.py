@@ -1,4 +1,4 @@
-"""``python -m flowlib.bench {layers,train,sample,notebooks} ...``: benchmarks that print numbers.
+"""``python -m flowlib.bench {layers,train,sample,notebooks,gpu} ...``: benchmarks that print numbers.
 
 Each sub-command lives in its own module of this package and exposes
 ``add_arguments(parser, name)`` and ``run(args)``; a module is imported only when its
@@ -14,6 +14,7 @@ COMMANDS = {  # name -> (module, help); a module is imported only when its comma
     "train": ("flowlib.bench.train", "training-step throughput of a model preset"),
     "sample": ("flowlib.bench.train", "sampling and density-evaluation throughput of a model preset"),
     "notebooks": ("flowlib.bench.notebooks", "wall time of every notebook and lesson at its shipped settings"),
+    "gpu": ("flowlib.bench.gpu", "the one budgeted check a lent GPU runs: correctness, throughput, a CIFAR-10 run"),
 }
 
 
