@@ -109,21 +109,21 @@ def test_log_prob_is_sum_of_terms_and_logdets_match_jacobian(model_type, extra):
     model = build_model(ModelConfig(model_type=model_type, **{**TINY, **extra})).double()
     x = _digits(2)
     _ready(model, x, seed=1)
-    terms = model.terms(x, _gen(5))
+    parts = model.log_prob_parts(x, _gen(5))
     expected_names = {"discretization", "dequantization", "preprocess", "prior", "level0.split_prior"}
     if model.config.actnorm:
         expected_names |= {"level0.step0.actnorm", "level1.step1.actnorm"}
     else:
-        assert not any(k.endswith("actnorm") for k in terms), list(terms)
-    assert expected_names <= set(terms)
+        assert not any(k.endswith("actnorm") for k in parts), list(parts)
+    assert expected_names <= set(parts)
     log_prob = model.log_prob(x, _gen(5))
-    assert torch.allclose(log_prob, sum(terms.values()), rtol=0, atol=1e-9)
-    assert torch.allclose(terms["discretization"], torch.full((2,), -64 * 8 * math.log(2), dtype=torch.float64))
+    assert torch.allclose(log_prob, sum(parts.values()), rtol=0, atol=1e-9)
+    assert torch.allclose(parts["discretization"], torch.full((2,), -64 * 8 * math.log(2), dtype=torch.float64))
 
     # Layer and prior terms = log N(eps) + log|det d eps/dv| of the whole bijection (brute force).
     v, log_q = model.dequantize(model.quantize_input(x), _gen(5))
-    assert torch.allclose(-log_q, terms["dequantization"])
-    flow_terms = sum(t for k, t in terms.items() if k not in ("discretization", "dequantization"))
+    assert torch.allclose(-log_q, parts["dequantization"])
+    flow_terms = sum(t for k, t in parts.items() if k not in ("discretization", "dequantization"))
     for b in range(2):
 
         def to_latents(vb):

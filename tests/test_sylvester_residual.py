@@ -90,7 +90,7 @@ def test_sylvester_near_the_diagonal_limit(a):
 def test_sylvester_inverse_raises_when_not_converged():
     layer = sylvester()
     z, _ = layer(torch.randn(2, 3, 4, 4, dtype=torch.float64))
-    layer.max_iter, layer.tol = 1, 1e-14
+    layer.max_iter, layer.inverse_tol = 1, 1e-14
     with pytest.raises(SeriesNotConverged, match="sylvester.inverse.*max_iter=1"):
         layer.inverse(z)
 

@@ -226,8 +226,8 @@ def test_series_logdet_truncated_is_biased_roulette_is_unbiased():
     two_terms = float(torch.trace(B) - torch.trace(B @ B) / 2)  # what the truncated series estimates
     x = torch.zeros(80000, 2, dtype=F64)
     g = torch.Generator().manual_seed(0)
-    truncated = series_logdet(lambda t: t @ B.T, x, n_terms=2, generator=g)
-    roulette = series_logdet(lambda t: t @ B.T, x[:20000], n_terms=2, roulette=0.5, generator=g)  # N drawn per sample
+    truncated = series_logdet(lambda t: t @ B.T, x, terms=2, generator=g)
+    roulette = series_logdet(lambda t: t @ B.T, x[:20000], terms=2, roulette=0.5, generator=g)  # N drawn per sample
     # 5 standard errors of the mean: the assertions hold with overwhelming probability
     se_t = float(truncated.std()) / math.sqrt(truncated.numel())
     se_r = float(roulette.std()) / math.sqrt(roulette.numel())

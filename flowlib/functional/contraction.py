@@ -115,7 +115,7 @@ def invert_contraction(g, y: Tensor, lipschitz: float, tol: float, max_iter: int
             raise SeriesNotConverged(
                 f"{name}.inverse: the fixed point x = y - g(x) needs n={n} iterations for tol={tol:g} "
                 f"(Lip(g) <= {lipschitz}, max ||g(y)|| = {float(gap.max()):.3g}: error <= c^n/(1-c) ||g(y)||), "
-                f"more than max_iter={max_iter}; raise {name}.max_iter or loosen {name}.tol"
+                f"more than max_iter={max_iter}; raise {name}.max_iter or loosen {name}.inverse_tol"
             )
         allowance = math.sqrt(torch.finfo(y.dtype).eps) * (1 + y_norm)
         x, k = y - gy, 1

@@ -141,7 +141,7 @@ class ExpCoupling(_Coupling):
 
     Formula: at each pixel the net predicts a ``C_b x C_b`` matrix ``R`` and a shift ``t``;
     ``A = m tanh(R)`` bounds every entry by the coefficient
-    ``m = m_max sigmoid(rho) in (0, m_max)`` (a learnable scalar; any real ``rho`` is
+    ``m = m_max sigmoid(coefficient_logit) in (0, m_max)`` (a learnable scalar; any real logit is
     valid). This is Xiao & Liu's stabilisation: ``||A||_1 <= m C_b < m_max C_b`` so
     ``expm`` and its inverse stay well conditioned, and the number of squarings
     ``s = ceil(log2(m_max C_b))`` is fixed at construction (no device sync, compilable).
@@ -188,7 +188,7 @@ class ExpCoupling(_Coupling):
             )
         self.coefficient_max = float(coefficient_max)
         ratio = coefficient / coefficient_max
-        self.rho = nn.Parameter(torch.tensor(math.log(ratio / (1 - ratio))))  # sigmoid^{-1}(m / m_max)
+        self.coefficient_logit = nn.Parameter(torch.tensor(math.log(ratio / (1 - ratio))))  # sigmoid^-1(m / m_max)
         self.max_squarings = max(0, math.ceil(math.log2(coefficient_max * self.c_b)))
 
     def _net_channels(self) -> int:
@@ -196,8 +196,8 @@ class ExpCoupling(_Coupling):
 
     @property
     def coefficient(self) -> Tensor:
-        """The bound ``m = m_max sigmoid(rho)`` on the entries of ``A``."""
-        return self.coefficient_max * torch.sigmoid(self.rho)
+        """The bound ``m = m_max sigmoid(coefficient_logit)`` on the entries of ``A``."""
+        return self.coefficient_max * torch.sigmoid(self.coefficient_logit)
 
     def params(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(A, t)`` from the conditioner output ``h``: ``A`` is ``[B, H, W, C_b, C_b]``, ``t`` ``[B, C_b, H, W]``."""

@@ -63,8 +63,8 @@ class ResidualFlow(Flow):
 
     Inverse: :func:`~flowlib.functional.invert_contraction`, the fixed point ``x_{k+1} = y - g(x_k)`` from
     ``x_0 = y`` without autograd, error ``<= c^n ||g(y)|| / (1 - c)`` after ``n`` iterations,
-    run for the ``n`` that makes this ``<= tol (1 + ||y||)`` per sample (known in advance, about
-    ``log(tol (1 - c) / ||g(y)||) / log c``; fewer when the a-posteriori bound is met first);
+    run for the ``n`` that makes this ``<= inverse_tol (1 + ||y||)`` per sample (known in advance, about
+    ``log(inverse_tol (1 - c) / ||g(y)||) / log c``; fewer when the a-posteriori bound is met first);
     ``last_inverse_iterations`` records it. A last step ``x = y - g(x)`` is taken with autograd
     on, so gradients flow through one step (first-order). Raises
     :class:`~flowlib.functional.SeriesNotConverged` naming the layer when ``n > max_iter`` or
@@ -109,8 +109,9 @@ class ResidualFlow(Flow):
         lipschitz: ``c`` (default 0.9).
         n_exact, roulette_p: Russian roulette (default 2 and ``1 - c``).
         exact_max_dim, eval_probes: evaluation mode choices (above).
-        tol, max_iter: inverse (``tol`` default :func:`~flowlib.functional.default_inverse_tol`: ``1e-12`` in float64,
-            ``1e-6`` otherwise; ``max_iter`` 500).
+        inverse_tol, max_iter: inverse (``inverse_tol`` default
+            :func:`~flowlib.functional.default_inverse_tol`: ``1e-12`` in float64, ``1e-6`` otherwise;
+            ``max_iter`` 500).
 
     Example:
 
@@ -130,7 +131,7 @@ class ResidualFlow(Flow):
         roulette_p: float | None = None,
         exact_max_dim: int = 1024,
         eval_probes: int = 4,
-        tol: float | None = None,
+        inverse_tol: float | None = None,
         max_iter: int = 500,
     ):
         super().__init__(shape)
@@ -146,7 +147,7 @@ class ResidualFlow(Flow):
         self.exact_max_dim = int(exact_max_dim)
         self.eval_probes = int(eval_probes)
         self.eval_terms = series_terms(self.lipschitz, 1, 1e-3)
-        self.tol = tol
+        self.inverse_tol = inverse_tol
         self.max_iter = int(max_iter)
         self.last_inverse_iterations = 0
         self.w1 = nn.Parameter(torch.randn(hidden, C, 3, 3) / math.sqrt(9 * C))
@@ -218,7 +219,7 @@ class ResidualFlow(Flow):
         return y, logdet
 
     def _inverse(self, y: Tensor) -> Tensor:
-        tol = self.tol if self.tol is not None else default_inverse_tol(y.dtype)
+        tol = self.inverse_tol if self.inverse_tol is not None else default_inverse_tol(y.dtype)
         weights = self.weights(y.shape[2], y.shape[3])
         x, self.last_inverse_iterations = invert_contraction(
             lambda t: self.g(t, weights), y, self.lipschitz, tol, self.max_iter, "residual"

@@ -100,7 +100,7 @@ class ConvSylvester(Flow):
     where the map flattens): measured at most 10 iterations to ``1e-12`` at initialisation
     and at most 40 after a random parameter change of scale 0.1 (``C = 12``, ``16 x 16``,
     ``hidden = 128``); near ``|d1 d2| = 1`` it may not converge at all. It stops when
-    ``max |v - u - f(u)| <= tol (1 + max |v|)`` and raises
+    ``max |v - u - f(u)| <= inverse_tol (1 + max |v|)`` and raises
     :class:`~flowlib.functional.SeriesNotConverged` after ``max_iter`` iterations.
 
     Log-determinant: ``sum_{c,h,w} log(1 + d1_c d2_c tanh'(d1_c u + t1)_{c,h,w})``
@@ -125,7 +125,7 @@ class ConvSylvester(Flow):
         kernel_size: odd ``k`` of the basis and of ``K1, K3`` (default 3).
         rho, train_tol, eval_tol: of the convolution exponential basis (:class:`ConvExp`; default
             ``eval_tol`` :data:`BASIS_EVAL_TOL`).
-        tol: inverse tolerance (default ``1e-12`` in float64, ``1e-5`` otherwise).
+        inverse_tol: inverse tolerance (default ``1e-12`` in float64, ``1e-5`` otherwise).
         max_iter: inverse iteration cap (default 100).
         init_scale: standard deviation of ``K3`` times ``sqrt(fan_in)`` (small: ``f`` starts
             close to the element-wise ``d2 tanh(d1 u)``).
@@ -147,7 +147,7 @@ class ConvSylvester(Flow):
         rho: float = RHO,
         train_tol: float = TRAIN_TOL,
         eval_tol: float = BASIS_EVAL_TOL,
-        tol: float | None = None,
+        inverse_tol: float | None = None,
         max_iter: int = 100,
         init_scale: float = 0.05,
     ):
@@ -158,7 +158,7 @@ class ConvSylvester(Flow):
         if hidden < 1:
             raise ValueError(f"sylvester needs hidden >= 1 channels, got hidden={hidden}")
         self.basis = ConvExp(shape, kernel_size=kernel_size, rho=rho, train_tol=train_tol, eval_tol=eval_tol)
-        self.tol = tol
+        self.inverse_tol = inverse_tol
         self.max_iter = int(max_iter)
         k = kernel_size
         channels, units = torch.arange(C), hidden_degrees(hidden, C)
@@ -210,7 +210,7 @@ class ConvSylvester(Flow):
         return z, torch.log(diagonal).flatten(1).sum(1)
 
     def _inverse(self, z: Tensor) -> Tensor:
-        tol = self.tol if self.tol is not None else default_inverse_tol(z.dtype, low_precision=1e-5)
+        tol = self.inverse_tol if self.inverse_tol is not None else default_inverse_tol(z.dtype, low_precision=1e-5)
         weights = self._weights()
         v = self.basis.transform(z)
         threshold = tol * (1 + float(v.detach().abs().max()))
@@ -225,5 +225,5 @@ class ConvSylvester(Flow):
             u = u + r / diagonal
         raise SeriesNotConverged(
             f"sylvester.inverse: the fixed-point iteration did not reach tol={tol:g} in max_iter={self.max_iter} "
-            f"iterations (max residual {residual:.3g}); raise layer.max_iter or loosen layer.tol"
+            f"iterations (max residual {residual:.3g}); raise layer.max_iter or loosen layer.inverse_tol"
         )

@@ -13,7 +13,6 @@ where ``eps`` are the standardised latents (see :mod:`flowlib.models.priors`).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -21,7 +20,6 @@ from torch import Tensor, nn
 
 from ..core import get_validation
 from ..layers import make
-from ..layers.registry import available, get
 from .config import COUPLINGS, ModelConfig
 from .dequant import FlowDequantizer, Preprocess, UniformDequantizer
 from .mixing import make_mixing
@@ -29,12 +27,6 @@ from .priors import GaussianPrior, SplitPrior
 from .reshape import Flip, Squeeze
 
 __all__ = ["FlowModel", "build_model"]
-
-
-def _width_kwargs(name: str, width: int) -> dict:
-    """``{hidden_channels: width}`` (or ``hidden``) if the layer ``name`` takes such an argument."""
-    params = inspect.signature(get(name)).parameters if name in available() else {}
-    return {key: width for key in ("hidden_channels", "hidden") if key in params}
 
 
 def _step(cfg: ModelConfig, shape: tuple, index: int, first: bool) -> nn.ModuleDict:
@@ -55,10 +47,10 @@ def _step(cfg: ModelConfig, shape: tuple, index: int, first: bool) -> nn.ModuleD
             official = cfg.model_type == "glow" and cfg.layout == "official"
             layers.update({"coupling": coupling, "mixing": mix} if official else {"mixing": mix, "coupling": coupling})
     elif cfg.model_type == "sylvester":
-        layers["sylvester"] = make("sylvester", shape=shape, **_width_kwargs("sylvester", cfg.hidden_channels))
+        layers["sylvester"] = make("sylvester", shape=shape, hidden=cfg.hidden_channels)
         layers["flip"] = Flip(shape)
     else:  # residual
-        layers["residual"] = make("residual", shape=shape, **_width_kwargs("residual", cfg.hidden_channels))
+        layers["residual"] = make("residual", shape=shape, hidden=cfg.hidden_channels)
     return nn.ModuleDict(layers)
 
 
@@ -85,8 +77,8 @@ class FlowModel(nn.Module):
     ``eps`` = the standardised latents of all split priors and of the final prior.
     Inverse: :meth:`decode` runs every layer's inverse in reverse order; :meth:`sample`
     decodes ``eps ~ N(0, T^2)`` and quantizes to ``uint8``.
-    Log-determinant: see :meth:`terms` (one entry per layer, per prior, plus the
-    dequantization and discretization terms); ``log_prob`` is their sum.
+    Log-determinant: see :meth:`log_prob_parts` (one entry per layer, per prior, plus the
+    dequantization and discretization parts); ``log_prob`` is their sum.
     Cost: one pass through all layers (plus the dequantization flow).
     Shapes: ``x: [B, C, H, W]`` uint8 (or float integers in ``[0, 2^n_bits)``) ``-> [B]``.
     Reference: Glow (Kingma & Dhariwal, 2018) for the multi-scale layout; Flow++ (Ho et al.,
@@ -159,24 +151,24 @@ class FlowModel(nn.Module):
 
     # -- the bijection -----------------------------------------------------------------
     def encode(self, v: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """Continuous ``v in [0, 1)^D`` -> (standardised latents, named log-det and prior terms ``[B]``)."""
+        """Continuous ``v in [0, 1)^D`` -> (standardised latents, named log-det and prior parts ``[B]``)."""
         y, logdet = self.preprocess(v)
-        terms = {"preprocess": logdet}
+        parts = {"preprocess": logdet}
         latents = []
         for i, level in enumerate(self.levels):
             y, _ = level.squeeze(y)  # log-det 0
             for j, step in enumerate(level.steps):
                 for name, layer in step.items():
                     y, logdet = layer(y)
-                    terms[f"level{i}.step{j}.{name}"] = logdet
+                    parts[f"level{i}.step{j}.{name}"] = logdet
             if level.split is not None:
                 y, eps, log_p = level.split(y)
                 latents.append(eps)
-                terms[f"level{i}.split_prior"] = log_p
+                parts[f"level{i}.split_prior"] = log_p
         eps, log_p = self.prior(y)
         latents.append(eps)
-        terms["prior"] = log_p
-        return latents, terms
+        parts["prior"] = log_p
+        return latents, parts
 
     def decode(self, latents: list[Tensor]) -> Tensor:
         """Inverse of :meth:`encode`: standardised latents -> ``v`` (not clamped)."""
@@ -195,8 +187,10 @@ class FlowModel(nn.Module):
         return self.preprocess.inverse(y)
 
     # -- likelihood --------------------------------------------------------------------
-    def terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def log_prob_parts(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Every additive contribution ``[B]`` to :meth:`log_prob`, in nats, by name.
+
+        (Named parts, not terms: in flowlib ``terms`` is always the length of a series.)
 
         ``"discretization"`` (``-D n_bits log 2``), ``"dequantization"`` (``-log q(u | x)``),
         ``"preprocess"``, ``"level{i}.step{j}.{layer}"`` (each layer's log-det),
@@ -204,13 +198,13 @@ class FlowModel(nn.Module):
         """
         xq = self.quantize_input(x)
         v, log_q = self.dequantize(xq, generator)
-        _, terms = self.encode(v)
+        _, parts = self.encode(v)
         discretization = -self.n_dims * self.config.n_bits * math.log(2)
-        return {"discretization": torch.full_like(log_q, discretization), "dequantization": -log_q, **terms}
+        return {"discretization": torch.full_like(log_q, discretization), "dequantization": -log_q, **parts}
 
     def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Lower bound on ``log P(x)`` in nats, ``[B]`` (one dequantization sample per image)."""
-        return torch.stack(list(self.terms(x, generator).values())).sum(0)
+        return torch.stack(list(self.log_prob_parts(x, generator).values())).sum(0)
 
     def bpd(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Bits per dimension ``-log_prob / (D ln 2)``, ``[B]``."""

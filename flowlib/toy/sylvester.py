@@ -178,7 +178,7 @@ class Sylvester(Flow):
 
     Formula: ``Q = expm(S - S^T)[:, :M]`` has orthonormal columns (the exponential of
     a skew-symmetric matrix is orthogonal); ``R`` and ``R~`` are ``M x M`` upper
-    triangular with diagonals ``tanh(rho)``, ``tanh(rho~)`` in ``(-1, 1)``, so
+    triangular with diagonals ``tanh(R_diag)``, ``tanh(Rt_diag)`` in ``(-1, 1)``, so
     ``R_ii R~_ii > -1`` and the map is invertible for any parameters.
     Inverse: write ``x = Q v + x_perp``; then ``x_perp = y - Q Q^T y`` and
     ``Q^T y = v + R tanh(R~ v + b)`` is triangular in ``v`` (coordinate ``i`` depends
@@ -206,16 +206,16 @@ class Sylvester(Flow):
         self.S = nn.Parameter(init_scale * torch.randn(dim, dim))
         self.R_off = nn.Parameter(init_scale * torch.randn(m, m))
         self.Rt_off = nn.Parameter(init_scale * torch.randn(m, m))
-        self.rho = nn.Parameter(init_scale * torch.randn(m))
-        self.rho_t = nn.Parameter(init_scale * torch.randn(m))
+        self.R_diag = nn.Parameter(init_scale * torch.randn(m))  # R_ii = tanh(R_diag_i)
+        self.Rt_diag = nn.Parameter(init_scale * torch.randn(m))
         self.b = nn.Parameter(torch.zeros(m))
         self.last_inverse_iterations = 0
 
     def matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(Q [D, M], R [M, M], R~ [M, M])`` from the unconstrained parameters."""
         Q = expm(self.S - self.S.T)[:, : self.n_hidden]
-        R = torch.triu(self.R_off, 1) + torch.diag(torch.tanh(self.rho))
-        Rt = torch.triu(self.Rt_off, 1) + torch.diag(torch.tanh(self.rho_t))
+        R = torch.triu(self.R_off, 1) + torch.diag(torch.tanh(self.R_diag))
+        Rt = torch.triu(self.Rt_off, 1) + torch.diag(torch.tanh(self.Rt_diag))
         return Q, R, Rt
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -316,7 +316,7 @@ def _lipswish(x: Tensor) -> Tensor:
 def series_logdet(
     g,
     x: Tensor,
-    n_terms: int = 10,
+    terms: int = 10,
     roulette: float | None = None,
     n_samples: int = 1,
     generator: torch.Generator | None = None,
@@ -328,18 +328,18 @@ def series_logdet(
     ``||J|| < 1``), with Hutchinson's ``tr(J^k) ~ v^T J^k v``, ``v ~ N(0, I)``, and
     ``J^k`` applied by ``k`` vector-Jacobian products (:func:`flowlib.functional.logdet_series`).
 
-    * ``roulette=None``: the first ``n_terms`` terms (Behrmann et al. 2019): biased
+    * ``roulette=None``: the first ``terms`` terms (Behrmann et al. 2019): biased
       by the truncated tail.
-    * ``roulette=p``: Russian roulette (Chen et al. 2019): ``n_terms`` terms always,
+    * ``roulette=p``: Russian roulette (Chen et al. 2019): ``terms`` terms always,
       then ``G ~ Geometric(p)`` more (drawn per sample), term ``k`` divided by
-      ``P(N >= k)``: unbiased, at the price of a random cost (``n_terms + (1-p)/p``
+      ``P(N >= k)``: unbiased, at the price of a random cost (``terms + (1-p)/p``
       terms on average, the batch's maximum in practice).
 
     Shapes: ``x: [B, D]``; returns ``[B]``. ``create_graph=True`` keeps the graph
     for training.
     """
     batch = x.shape[0]
-    keep = torch.full((batch,), n_terms, dtype=torch.long)  # terms computed for each sample
+    keep = torch.full((batch,), terms, dtype=torch.long)  # terms computed for each sample
     if roulette is not None:
         if not 0 < roulette < 1:
             raise ValueError(f"roulette must be a probability in (0, 1), got {roulette}")
@@ -348,8 +348,8 @@ def series_logdet(
     probes = torch.stack([torch.randn(x.shape, generator=generator, dtype=x.dtype) for _ in range(n_samples)])
     with torch.enable_grad():
         x = x if x.requires_grad else x.detach().requires_grad_(True)
-        # term k counts for the samples with N >= k, divided by P(N >= k) = (1-p)^(k - n_terms) beyond n_terms
-        return logdet_series(g(x), x, probes.to(x.device), keep.to(x.device), roulette, n_terms, create_graph)
+        # term k counts for the samples with N >= k, divided by P(N >= k) = (1-p)^(k - terms) beyond terms
+        return logdet_series(g(x), x, probes.to(x.device), keep.to(x.device), roulette, terms, create_graph)
 
 
 class ResidualMLP(Flow):
@@ -363,7 +363,7 @@ class ResidualMLP(Flow):
     norms. ``x -> x + g(x)`` is then invertible.
     Inverse: :func:`~flowlib.functional.invert_contraction`, the fixed point
     ``x_{k+1} = y - g(x_k)`` with error ``<= c^n / (1 - c) ||g(y)||`` after ``n`` iterations, run
-    for the ``n`` that makes it ``<= tol (1 + ||y||)`` (known in advance; ``tol`` default ``1e-12``
+    for the ``n`` that makes it ``<= inverse_tol (1 + ||y||)`` (known in advance; default ``1e-12``
     in float64, ``1e-6`` otherwise); raises :class:`~flowlib.functional.SeriesNotConverged` naming
     ``ResidualMLP`` if that needs more than ``max_iter`` iterations or a step breaks the bound.
     Log-determinant: ``logdet="exact"`` builds the ``D x D`` Jacobian of ``g`` with
@@ -371,8 +371,8 @@ class ResidualMLP(Flow):
     afford); ``"series"`` / ``"roulette"`` use :func:`series_logdet` (truncated /
     unbiased stochastic estimates, what image-size residual flows must use, see
     ``flowlib.layers.residual``).
-    Cost: ``D`` backward passes for the exact log-det; ``n_terms`` for the series;
-    the inverse costs one ``g`` per iteration, about ``log(tol (1 - c) / ||g(y)||) / log c`` of them.
+    Cost: ``D`` backward passes for the exact log-det; ``terms`` for the series;
+    the inverse costs one ``g`` per iteration, about ``log(inverse_tol (1 - c) / ||g(y)||) / log c`` of them.
     Shapes: ``x, y: [B, D]``, ``logdet: [B]``.
     Reference: "Invertible Residual Networks", Behrmann, Grathwohl, Chen, Duvenaud &
     Jacobsen, 2019; "Residual Flows for Invertible Generative Modeling", Chen,
@@ -391,9 +391,9 @@ class ResidualMLP(Flow):
         hidden: int = 64,
         coeff: float = 0.97,
         logdet: str = "exact",
-        n_terms: int = 10,
+        terms: int = 10,
         roulette: float = 0.5,
-        tol: float | None = None,
+        inverse_tol: float | None = None,
         max_iter: int = 500,
     ):
         dim = _dim(shape, "ResidualMLP")
@@ -402,8 +402,8 @@ class ResidualMLP(Flow):
             raise ValueError(f"ResidualMLP needs a Lipschitz coefficient 0 < coeff < 1, got {coeff}")
         if logdet not in ("exact", "series", "roulette"):
             raise ValueError(f"logdet must be 'exact', 'series' or 'roulette', got {logdet!r}")
-        self.coeff, self.logdet_mode, self.n_terms, self.roulette = coeff, logdet, n_terms, roulette
-        self.tol, self.max_iter = tol, max_iter
+        self.coeff, self.logdet_mode, self.terms, self.roulette = coeff, logdet, terms, roulette
+        self.inverse_tol, self.max_iter = inverse_tol, max_iter
         self.layers = nn.ModuleList([nn.Linear(dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, dim)])
         self.lipschitz = coeff ** len(self.layers)
         self.last_inverse_iterations = 0
@@ -436,7 +436,7 @@ class ResidualMLP(Flow):
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.logdet_mode != "exact":
             roulette = self.roulette if self.logdet_mode == "roulette" else None
-            logdet = series_logdet(self.g, x, self.n_terms, roulette, create_graph=torch.is_grad_enabled())
+            logdet = series_logdet(self.g, x, self.terms, roulette, create_graph=torch.is_grad_enabled())
             return x + self.g(x), logdet
         grad_on = torch.is_grad_enabled()
         with torch.enable_grad():  # one evaluation of g serves the output and its Jacobian
@@ -447,7 +447,7 @@ class ResidualMLP(Flow):
         return (y, logdet) if grad_on else (y.detach(), logdet.detach())
 
     def _inverse(self, y: Tensor) -> Tensor:
-        tol = self.tol if self.tol is not None else default_inverse_tol(y.dtype)
+        tol = self.inverse_tol if self.inverse_tol is not None else default_inverse_tol(y.dtype)
         x, self.last_inverse_iterations = invert_contraction(
             self.g, y, self.lipschitz, tol, self.max_iter, "ResidualMLP"
         )
