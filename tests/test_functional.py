@@ -1,5 +1,7 @@
 """flowlib.functional: the convolution exponential against dense matrix exponentials."""
 
+import math
+
 import pytest
 import scipy.linalg
 import torch
@@ -162,3 +164,57 @@ def test_adjacency_helpers():
         Fn.normalize_adjacency(torch.ones(2, 3))
     grid = Fn.grid_adjacency(2, 3)
     assert grid.sum(1).tolist() == [2, 3, 2, 2, 3, 2]  # node degrees of the 2 x 3 grid
+
+
+def _explicit_spectrum(kernel, H, W):
+    """``sum_{a, b} kernel[..., a, b] exp(-2 pi i (u (a - r_h) / H + v (b - r_w) / W))`` term by term."""
+    kh, kw = kernel.shape[-2:]
+    out = torch.zeros(*kernel.shape[:-2], H, W, dtype=torch.complex128)
+    u, v = torch.arange(H, dtype=torch.float64)[:, None], torch.arange(W, dtype=torch.float64)[None, :]
+    for a in range(kh):
+        for b in range(kw):
+            phase = torch.exp(-2j * math.pi * (u * (a - kh // 2) / H + v * (b - kw // 2) / W))
+            out = out + kernel[..., a, b, None, None].to(torch.complex128) * phase
+    return out
+
+
+@pytest.mark.parametrize("k, H, W", [(3, 5, 4), (5, 2, 3), (1, 3, 3), (3, 1, 6)])  # (5, 2, 3): taps wrap and add
+def test_torus_kernel_spectrum_is_the_dft_of_the_centred_taps(k, H, W):
+    kernel = torch.randn(2, 3, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(k + H))
+    full = Fn.torus_kernel_spectrum(kernel, H, W)
+    torch.testing.assert_close(full, _explicit_spectrum(kernel, H, W), rtol=0, atol=1e-12)
+    torch.testing.assert_close(Fn.torus_kernel_spectrum(kernel, H, W, onesided=True), full[..., : W // 2 + 1])
+    kernel.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: Fn.torus_kernel_spectrum(t, H, W).abs().sum(), (kernel,))
+
+
+def test_rescale_to_bound_meets_the_limit_and_leaves_small_weights_alone():
+    kernel = torch.randn(3, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    bound = Fn.conv_spectral_norm_bound(kernel, 6, 6)
+    limit = 0.5 * float(bound)
+    scaled = Fn.rescale_to_bound(kernel, bound, limit)
+    assert float(Fn.conv_spectral_norm_bound(scaled, 6, 6)) == pytest.approx(limit, rel=1e-12)
+    assert torch.equal(Fn.rescale_to_bound(kernel, bound, 2 * float(bound)), kernel)
+    assert torch.equal(Fn.rescale_to_bound(torch.zeros(2, 2), torch.tensor(0.0), 1.0), torch.zeros(2, 2))
+
+
+def test_logdet_series_exact_traces_and_per_sample_terms():
+    """With probes e_i sqrt(D) the estimate is the truncated series with exact traces, per sample length."""
+    A = torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=torch.float64)
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    probes = 2**0.5 * torch.eye(2, dtype=torch.float64)[:, None].expand(2, 3, 2)  # [P = 2, B = 3, D = 2]
+    terms = torch.tensor([1, 2, 5])
+
+    def truncated(n):
+        return sum((-1) ** (k + 1) * torch.trace(torch.linalg.matrix_power(A, k)) / k for k in range(1, n + 1))
+
+    estimate = Fn.logdet_series(x @ A.T, x, probes, terms)
+    torch.testing.assert_close(estimate, torch.stack([truncated(int(n)) for n in terms]), rtol=0, atol=1e-14)
+    # Russian-roulette weights: term k > n_exact divided by (1 - p)^(k - n_exact)
+    weighted = Fn.logdet_series(x @ A.T, x, probes, 3, roulette_p=0.5, n_exact=1)
+    expected = truncated(1) + sum(
+        (-1) ** (k + 1) * torch.trace(torch.linalg.matrix_power(A, k)) / k / 0.5 ** (k - 1) for k in (2, 3)
+    )
+    torch.testing.assert_close(weighted, expected.expand(3), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="roulette_p must be a probability"):
+        Fn.logdet_series(x @ A.T, x, probes, 3, roulette_p=1.5)

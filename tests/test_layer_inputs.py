@@ -13,6 +13,7 @@ import torch
 import flowlib
 from flowlib.layers.linear import ActNorm
 from flowlib.layers.registry import SAMPLE_AXES
+from flowlib.testing import brute_force_logdet, build_layer
 
 NAMES = flowlib.layers.available()
 SHAPE = (4, 4, 4)
@@ -105,3 +106,48 @@ def test_actnorm_refuses_to_initialise_on_an_empty_batch():
     y, _ = an(torch.randn(8, 3, 4, 4))  # the first real batch still initialises it
     assert an._initialized and torch.isfinite(y).all()
     assert y.mean((0, 2, 3)).abs().max() < 1e-5
+
+
+# -- the shared helpers of flowlib.core ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, message",
+    [
+        ((4, 8), {}, r"demo needs shape=\(C, H, W\) with a fixed channel count C, got shape=\(4, 8\)"),
+        ((None, 8, 8), {}, r"fixed channel count C, got shape=\(None, 8, 8\)"),
+        ((4, None, 8), {"fixed_size": True}, r"with every size fixed, got shape=\(4, None, 8\)"),
+        ((), {"ndim": None}, r"demo needs shape=\(C, \.\.\.\)"),
+    ],
+)
+def test_sample_shape_names_the_layer_and_the_shape_it_needs(shape, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        flowlib.core.sample_shape(shape, "demo", **kwargs)
+    assert flowlib.core.sample_shape([4, None, None], "demo") == (4, None, None)
+    assert flowlib.core.sample_shape((4, 3), "demo", ndim=None) == (4, 3)
+
+
+@pytest.mark.parametrize("channels", [2, 5])
+@pytest.mark.parametrize("swap", [False, True])
+def test_halves_split_and_merge_back(channels, swap):
+    x = torch.randn(2, channels, 3, 3)
+    x_a, x_b = flowlib.core.split_halves(x, swap)
+    first = channels // 2
+    assert torch.equal(x_a, x[:, first:] if swap else x[:, :first])
+    assert (x_a.shape[1], x_b.shape[1]) == flowlib.core.half_sizes(channels, swap)
+    assert torch.equal(flowlib.core.merge_halves(x_a, x_b, swap), x)
+
+
+def test_flow_distribution_is_the_change_of_variables():
+    """``log_prob`` = standard-normal density of ``f(x)`` + log-det; ``sample`` inverts the flow in its dtype."""
+    layer = build_layer("conv1x1", (2, 2, 2))
+    density = flowlib.core.FlowDistribution(layer)
+    x = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    z, _ = layer(x)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1) + brute_force_logdet(layer, x)
+    torch.testing.assert_close(density.log_prob(x), expected, rtol=0, atol=1e-12)
+    samples = density.sample(4, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 2, 2, 2) and samples.dtype == torch.float64
+    torch.testing.assert_close(
+        layer(samples)[0], torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )
