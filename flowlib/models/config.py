@@ -59,10 +59,9 @@ class ModelConfig:
     mixing layer, main flow and dequantizer (:func:`flowlib.models.mixing.make_mixing`;
     the official ``ConvExp`` module has them, the other official mixing layers do not).
 
-    ``hidden_channels`` is the width of ``net="conv"`` conditioners, and is passed to the
-    ``sylvester`` / ``residual`` layer as its width argument (``hidden_channels`` or
-    ``hidden``) when the registered layer takes one: both ``residual`` and ``sylvester``
-    take ``hidden`` (the 528 internal channels of the official ``paper-sylvester`` model).
+    ``hidden_channels`` is the width of ``net="conv"`` conditioners and the ``hidden``
+    argument of the ``sylvester`` / ``residual`` layers (the 528 internal channels of the
+    official ``paper-sylvester`` model).
 
     Conditioners (couplings, split priors, the dequantization flow) are
     :func:`flowlib.nets.make_net` networks: ``net="conv"`` uses ``hidden_channels``;
