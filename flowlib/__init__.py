@@ -8,7 +8,7 @@ Core contract (see :mod:`flowlib.core`)::
 Build any layer by name with :func:`flowlib.layers.make`.
 """
 
-from . import data, functional, layers, linalg, models, nets, precision
+from . import data, functional, layers, linalg, models, nets, precision, presets
 from .core import Flow, Sequential, get_validation, set_validation, validation
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "models",
     "nets",
     "precision",
+    "presets",
     "set_validation",
     "get_validation",
     "validation",
