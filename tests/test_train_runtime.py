@@ -107,3 +107,24 @@ def test_the_cli_offers_the_same_names(tmp_path, capsys):
         main(["--conditioner-dtype", "float16", "--out", str(tmp_path / "run")])
     assert e.value.code == 2
     assert re.search(r"invalid choice: 'float16' \(choose from '?float32'?, '?bfloat16'?\)", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("change", ["renamed", "reshaped"])
+def test_a_checkpoint_of_another_flowlib_version_is_refused_naming_the_parameters(tmp_path, change, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=3))
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    name = next(k for k in ckpt["model"] if k.endswith("weight"))
+    if change == "renamed":  # what an older flowlib's parameter names look like to this one
+        ckpt["model"]["old." + name] = ckpt["model"].pop(name)
+        expected = rf"missing {re.escape(name)}; unexpected old\.{re.escape(name)}"
+    else:
+        ckpt["model"][name] = torch.zeros(1)
+        expected = "size mismatch"
+    torch.save(ckpt, out / "last.pt")
+    with pytest.raises(ConfigError, match=rf"cannot resume: the parameters in .*last\.pt do not fit .*{expected}"):
+        train(tiny_config(out, steps=6, resume=True))
+    with pytest.raises(SystemExit) as e:  # the command line: a usage error, no traceback
+        main(["--out", str(out), "--resume", "--steps", "6", "--progress", "false"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "another version of flowlib" in err and "Traceback" not in err

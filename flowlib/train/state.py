@@ -20,7 +20,7 @@ from torch import nn
 
 from flowlib import rundir
 
-from .config import NonFiniteError, TrainConfig
+from .config import ConfigError, NonFiniteError, TrainConfig
 from .runtime import Runtime
 
 __all__ = ["Progress", "Checkpointer"]
@@ -98,13 +98,31 @@ class Checkpointer:
             }
             rundir.atomic_write(path, lambda f: torch.save(checkpoint, f))
 
+    def _load_model(self, state: dict) -> None:
+        """The checkpoint's parameters into the model, or a :class:`ConfigError` saying which do not fit."""
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            problem = "; ".join(
+                f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            )
+        except RuntimeError as e:  # a parameter of another shape
+            problem = str(e).splitlines()[-1].strip()
+        if problem:
+            raise ConfigError(
+                f"cannot resume: the parameters in {self.cfg.out}/last.pt do not fit the model this flowlib "
+                f"builds from its settings ({problem}); it was written by another version of flowlib. Resume "
+                "with that version, or start afresh with --overwrite"
+            )
+
     def restore(self, checkpoint: dict) -> Progress:
         """Load ``checkpoint`` into the model, optimizer, scheduler, data order and RNG; its :class:`Progress`.
 
         With another number of DDP processes the model and data order are the same, the
         per-rank noise is drawn afresh.
         """
-        self.model.load_state_dict(checkpoint["model"])
+        self._load_model(checkpoint["model"])
         self.opt.load_state_dict(checkpoint["optimizer"])
         self.sched.load_state_dict(checkpoint["scheduler"])
         self.batches.load_state_dict(checkpoint["rng"]["data"])
