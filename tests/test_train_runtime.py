@@ -4,7 +4,13 @@ setting, reaches every conditioner and leaks into nothing else."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +134,33 @@ def test_a_checkpoint_of_another_flowlib_version_is_refused_naming_the_parameter
         main(["--out", str(out), "--resume", "--steps", "6", "--progress", "false"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "another version of flowlib" in err and "Traceback" not in err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_importing_flowlib_and_its_trainer_does_not_import_torch():
+    code = (
+        "import sys, flowlib, flowlib.train; assert 'torch' not in sys.modules, 'torch imported'; print(flowlib.Flow)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "flowlib.core.Flow" in r.stdout  # and the names still load on first use
+
+
+def test_ctrl_c_while_the_trainer_imports_torch_exits_130_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flowlib.train", "--dataset", "digits", "--progress", "false", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    try:
+        maps, deadline = Path(f"/proc/{p.pid}/maps"), time.time() + 60
+        while time.time() < deadline and p.poll() is None and "libtorch" not in maps.read_text():
+            time.sleep(0.005)  # torch's libraries appear while torch imports: after __main__'s handlers
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "nothing was written" in err, err
+    assert not (out / "last.pt").exists()

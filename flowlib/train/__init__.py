@@ -59,18 +59,29 @@ Choices worth knowing:
   statistics); only rank 0 logs and writes.
 """
 
-from .command import build_parser, main
-from .config import RESUME_MAY_CHANGE, ConfigError, DivergedError, NonFiniteError, TrainConfig, lr_factor
-from .loop import train
+import importlib
 
-__all__ = [
-    "TrainConfig",
-    "RESUME_MAY_CHANGE",
-    "train",
-    "main",
-    "build_parser",
-    "ConfigError",
-    "NonFiniteError",
-    "DivergedError",
-    "lr_factor",
-]
+# public name -> the module of this package that defines it; loaded on first use, so that
+# ``python -m flowlib.train`` installs its Ctrl-C handling (__main__) before torch is imported
+_HOMES = {
+    "TrainConfig": "config",
+    "RESUME_MAY_CHANGE": "config",
+    "ConfigError": "config",
+    "NonFiniteError": "config",
+    "DivergedError": "config",
+    "lr_factor": "config",
+    "train": "loop",
+    "main": "command",
+    "build_parser": "command",
+}
+__all__ = list(_HOMES)  # noqa: PLE0604
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
