@@ -12,7 +12,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -74,7 +75,11 @@ def train(cfg: TrainConfig) -> dict:
             files.write_json("config.json", _run_info(cfg, rt, model, batches.steps_per_epoch))
             bar = stack.enter_context(_progress_bar(cfg, rt, progress.step))
             stack.callback(setattr, stop, "quiet", True)  # closing files: signals ignored, everything written
-            run = _Run(cfg, out, rt, model, opt, batches, test_x, saver, files, stop, bar, progress, t_start)
+            run = _Run(
+                cfg=cfg, out=out, rt=rt, model=model, opt=opt, test_x=test_x, batch=batches.batch_size,
+                steps_per_epoch=batches.steps_per_epoch, saver=saver, files=files, stop=stop, bar=bar,
+                progress=progress, t_start=t_start,
+            )  # fmt: skip
 
             # ---- the loop: one optimizer step per batch until cfg.steps or a stop request
             params = [p for p in model.parameters() if p.requires_grad]
@@ -240,23 +245,30 @@ class _Window:
         self.loss, self.grad, self.n = self.loss + loss, self.grad + grad, self.n + 1
 
 
+@dataclass
 class _Run:
     """The parts of a run the loop's bookkeeping needs: logging, evaluation, checkpoints, the final summary."""
 
-    def __init__(self, cfg, out, rt, model, opt, batches, test_x, saver, files, stop, bar, progress, t_start):
-        self.cfg, self.out, self.rt, self.model, self.opt, self.test_x = cfg, out, rt, model, opt, test_x
-        self.saver, self.files, self.stop, self.bar, self.progress, self.t_start = (
-            saver,
-            files,
-            stop,
-            bar,
-            progress,
-            t_start,
-        )
-        self.steps_per_epoch = batches.steps_per_epoch
-        self.batch = batches.batch_size
-        self.window = _Window()
-        self.bound = cfg.diverge_factor * model.config.n_bits  # the uniform model has n_bits bits/dim
+    cfg: TrainConfig
+    out: Path
+    rt: Runtime
+    model: FlowModel
+    opt: torch.optim.Optimizer
+    test_x: torch.Tensor  # [N, C, H, W] uint8, on the device
+    batch: int  # images per rank and step
+    steps_per_epoch: int
+    saver: Checkpointer
+    files: RunFiles
+    stop: StopRequests
+    bar: object  # the tqdm bar
+    progress: Progress
+    t_start: float
+    window: _Window = field(default_factory=_Window)
+
+    @property
+    def bound(self) -> float:
+        """The divergence bound: ``diverge_factor`` x the uniform model's ``n_bits`` bits/dim."""
+        return self.cfg.diverge_factor * self.model.config.n_bits
 
     def _kept(self) -> str:
         p = self.progress
