@@ -21,7 +21,7 @@ import importlib
 _SUBMODULES = ("data", "functional", "layers", "linalg", "models", "nets", "precision", "presets")
 _FROM_CORE = ("Flow", "Sequential", "set_validation", "get_validation", "validation")
 
-__all__ = [*_FROM_CORE, *_SUBMODULES]  # noqa: PLE0604
+__all__ = [*_FROM_CORE, *_SUBMODULES]
 __version__ = "0.1.0"
 
 

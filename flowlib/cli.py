@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import json
 
-__all__ = ["add_field", "add_dataclass_arguments", "add_model_arguments", "model_choices"]
+__all__ = ["add_field", "add_dataclass_arguments", "add_model_arguments"]
 
 
 def _bool(s: str) -> bool:
@@ -84,15 +84,8 @@ def add_dataclass_arguments(group, cls, skip=(), choices=None, default=None) -> 
             add_field(group, f, default, choices=choices.get(f.name))
 
 
-def model_choices() -> dict[str, tuple]:
-    """The allowed values of each choice field of :class:`flowlib.models.ModelConfig`."""
-    from flowlib.models.config import CHOICES
-
-    return CHOICES
-
-
 def add_model_arguments(group, skip=()) -> None:
     """One flag per ModelConfig field (default None: keep the preset's value)."""
-    from flowlib.models import ModelConfig
+    from flowlib.models.config import CHOICES, ModelConfig
 
-    add_dataclass_arguments(group, ModelConfig, skip=skip, choices=model_choices())
+    add_dataclass_arguments(group, ModelConfig, skip=skip, choices=CHOICES)

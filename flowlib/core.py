@@ -162,7 +162,7 @@ def sample_shape(shape, who: str, ndim: int | None = 3, fixed_size: bool = False
         or shape[0] is None
         or (fixed_size and None in shape)
     ):
-        axes = "(C, H, W)" if ndim == 3 else "(C, ...)" if ndim is None else f"({ndim} sizes, channels first)"
+        axes = {3: "(C, H, W)", 1: "(D,)", None: "(C, ...)"}.get(ndim, f"({ndim} sizes, channels first)")
         what = "every size fixed" if fixed_size else "a fixed channel count C"
         raise ValueError(f"{who} needs shape={axes} with {what}, got shape={shape}")
     return shape

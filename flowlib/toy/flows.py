@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow, FlowDistribution, Sequential, half_sizes, merge_halves, split_halves
+from ..core import Flow, FlowDistribution, Sequential, half_sizes, merge_halves, sample_shape, split_halves
 from ..linalg import expm
 
 __all__ = [
@@ -34,9 +34,11 @@ __all__ = [
 
 
 def _dim(shape, who: str) -> int:
-    if len(shape) != 1 or shape[0] is None or shape[0] < 2:
-        raise ValueError(f"{who} acts on vectors: pass shape=(D,) with D >= 2, got shape={tuple(shape)}")
-    return int(shape[0])
+    """``D`` of a vector shape ``(D,)`` (:func:`flowlib.core.sample_shape`), at least 2 (two halves)."""
+    (D,) = sample_shape(shape, who, ndim=1, fixed_size=True)
+    if D < 2:
+        raise ValueError(f"{who} needs shape=(D,) with D >= 2, got shape={tuple(shape)}")
+    return int(D)
 
 
 def _mlp(d_in: int, d_out: int, hidden: int) -> nn.Sequential:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Flow, Sequential
+from ..core import Flow, Sequential, sample_shape
 from ..functional import default_inverse_tol, invert_contraction, logdet_series, rescale_to_bound
 from ..linalg import expm
 
@@ -115,12 +115,6 @@ class MaskedMLP(nn.Module):
 _SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_ONE) = 1
 
 
-def _dim(shape, who: str) -> int:
-    if len(shape) != 1 or shape[0] is None:
-        raise ValueError(f"{who} works on vectors: build it with shape=(D,), got shape={tuple(shape)}")
-    return int(shape[0])
-
-
 class Planar(Flow):
     """Planar flow: ``y = x + u_hat * tanh(w^T x + b)``.
 
@@ -141,7 +135,7 @@ class Planar(Flow):
     """
 
     def __init__(self, shape, init_scale: float = 0.1):
-        dim = _dim(shape, "Planar")
+        dim = sample_shape(shape, "Planar", ndim=1, fixed_size=True)[0]
         super().__init__((dim,))
         self.w = nn.Parameter(init_scale * torch.randn(dim))
         self.u = nn.Parameter(init_scale * torch.randn(dim))
@@ -197,7 +191,7 @@ class Sylvester(Flow):
     """
 
     def __init__(self, shape, n_hidden: int | None = None, init_scale: float = 0.5):
-        dim = _dim(shape, "Sylvester")
+        dim = sample_shape(shape, "Sylvester", ndim=1, fixed_size=True)[0]
         super().__init__((dim,))
         m = dim if n_hidden is None else n_hidden
         if not 1 <= m <= dim:
@@ -274,7 +268,7 @@ class GeneralizedSylvester(Flow):
     """
 
     def __init__(self, shape, hidden: int = 32, init_scale: float = 0.5):
-        dim = _dim(shape, "GeneralizedSylvester")
+        dim = sample_shape(shape, "GeneralizedSylvester", ndim=1, fixed_size=True)[0]
         super().__init__((dim,))
         self.A = nn.Parameter(init_scale * torch.randn(dim, dim))
         self.net = MaskedMLP(dim, hidden, n_out=3)
@@ -396,7 +390,7 @@ class ResidualMLP(Flow):
         inverse_tol: float | None = None,
         max_iter: int = 500,
     ):
-        dim = _dim(shape, "ResidualMLP")
+        dim = sample_shape(shape, "ResidualMLP", ndim=1, fixed_size=True)[0]
         super().__init__((dim,))
         if not 0 < coeff < 1:
             raise ValueError(f"ResidualMLP needs a Lipschitz coefficient 0 < coeff < 1, got {coeff}")

@@ -74,7 +74,7 @@ _HOMES = {
     "main": "command",
     "build_parser": "command",
 }
-__all__ = list(_HOMES)  # noqa: PLE0604
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str):

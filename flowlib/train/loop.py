@@ -147,12 +147,12 @@ def _data(cfg: TrainConfig, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, da
     test_x, _ = data.load_dataset(cfg.dataset, cfg.data_dir, "test")
     if rt.ddp and rt.master:
         torch.distributed.barrier()
-    if cfg.batch_size // rt.world > len(train_x) // rt.world:
+    batch = cfg.batch_size // rt.world  # per rank
+    if batch > len(train_x) // rt.world:
         raise ConfigError(
             f"batch_size (--batch-size) {cfg.batch_size} is larger than the {len(train_x)} {cfg.dataset} "
             f"training images; use at most {len(train_x) // rt.world * rt.world}"
         )
-    batch = cfg.batch_size // rt.world
     batches = data.GPUBatches(
         train_x, batch, device=rt.device, flip=cfg.flip, seed=cfg.seed, rank=rt.rank, world_size=rt.world
     )
